@@ -1,0 +1,1 @@
+"""Data: benchmark readers, membership splits, the Lightning DataModule and batched transforms."""
