@@ -29,7 +29,9 @@ class Pool:
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}")
+            raise ValueError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} {self.images.shape}"
+            )
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
 
@@ -109,12 +111,16 @@ def resize_images(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarra
     out = np.empty((len(images), images.shape[1], size, size), dtype=np.uint8)
     for start in range(0, len(images), chunk):
         batch = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).float()
-        resized = F.interpolate(batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        resized = F.interpolate(
+            batch, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out[start : start + chunk] = resized.round().clamp(0, 255).to(torch.uint8).numpy()
     return out
 
 
-def channel_stats(images: np.ndarray, chunk: int = 8192) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(
+    images: np.ndarray, chunk: int = 8192
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std of uint8 images, in [0, 1] units."""
     total = np.zeros(images.shape[1])
     total_sq = np.zeros(images.shape[1])

@@ -106,7 +106,9 @@ class MembershipSplits:
         n = min(len(members), len(nonmembers))
         rng = np.random.default_rng([self.seed, 1 + list(PROTOCOLS).index(protocol)])
         members = np.sort(rng.choice(members, n, replace=False)) if len(members) > n else members
-        nonmembers = np.sort(rng.choice(nonmembers, n, replace=False)) if len(nonmembers) > n else nonmembers
+        nonmembers = (
+            np.sort(rng.choice(nonmembers, n, replace=False)) if len(nonmembers) > n else nonmembers
+        )
         return members, nonmembers
 
     def calibration(self, protocol: str) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +117,9 @@ class MembershipSplits:
 
     def save(self, path: str | Path) -> None:
         arrays = {role: idx for role, idx in self.indices.items()}
-        arrays.update({f"fingerprint_{role}": np.array(d) for role, d in self.fingerprints().items()})
+        arrays.update(
+            {f"fingerprint_{role}": np.array(d) for role, d in self.fingerprints().items()}
+        )
         arrays["seed"] = np.array(self.seed)
         arrays.update({f"pool_size_{p}": np.array(n) for p, n in self.pool_sizes.items()})
         np.savez(path, **arrays)
@@ -130,12 +134,20 @@ class MembershipSplits:
                 indices = {role: data[role].astype(np.int64) for role in names}
                 stored = {role: str(data[f"fingerprint_{role}"]) for role in names}
                 seed = int(data["seed"])
-                pool_sizes = {k[len("pool_size_") :]: int(data[k]) for k in data.files if k.startswith("pool_size_")}
+                pool_sizes = {
+                    k[len("pool_size_") :]: int(data[k])
+                    for k in data.files
+                    if k.startswith("pool_size_")
+                }
         except (OSError, KeyError, ValueError) as err:
-            raise SplitError(f"{path} is not a readable amint_pl splits file ({err}); delete it to rebuild") from err
+            raise SplitError(
+                f"{path} is not a readable amint_pl splits file ({err}); delete it to rebuild"
+            ) from err
         for role, idx in indices.items():
             if fingerprint(idx) != stored[role]:
-                raise SplitError(f"{path}: role {role} does not match its fingerprint; the file was changed")
+                raise SplitError(
+                    f"{path}: role {role} does not match its fingerprint; the file was changed"
+                )
         return cls(indices, seed, pool_sizes)
 
 
@@ -161,7 +173,9 @@ def build_splits(n_train: int, n_test: int, sizes: SplitSizes, seed: int) -> Mem
             f"samples ({n_test}) to report: lower it"
         )
     if not 0.0 <= sizes.members_unseen_fraction < 1.0 or not 0.0 < sizes.calib_fraction < 1.0:
-        raise SplitError("dataset.splits.members_unseen_fraction must lie in [0, 1) and calib_fraction in (0, 1)")
+        raise SplitError(
+            "dataset.splits.members_unseen_fraction must lie in [0, 1) and calib_fraction in (0, 1)"
+        )
     rng = np.random.default_rng(seed)
     train_order = rng.permutation(n_train)
     test_order = rng.permutation(n_test)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,11 +38,15 @@ def default_tap_presets(n_stages: int) -> dict[str, list[int]]:
     return {"entry": [0], "middle": [n_stages // 2], "output": [n_stages - 1]}
 
 
-def resolve_taps(taps: str | Sequence[int], presets: Mapping[str, Sequence[int]], n_stages: int) -> list[int]:
+def resolve_taps(
+    taps: str | Sequence[int], presets: Mapping[str, Sequence[int]], n_stages: int
+) -> list[int]:
     """Turn a preset name or explicit stage indices into sorted, checked stage indices."""
     if isinstance(taps, str):
         if taps not in presets:
-            raise ConfigError(f"mint.taps='{taps}' is no preset: use one of {', '.join(presets)} or a list of stage indices")
+            raise ConfigError(
+                f"mint.taps='{taps}' is no preset: use one of {', '.join(presets)} or a list of stage indices"
+            )
         indices = list(presets[taps])
     else:
         indices = [int(i) for i in taps]
@@ -49,14 +54,18 @@ def resolve_taps(taps: str | Sequence[int], presets: Mapping[str, Sequence[int]]
         raise ConfigError("mint.taps is empty: name a preset or at least one stage index")
     bad = [i for i in indices if not 0 <= i < n_stages]
     if bad:
-        raise ConfigError(f"mint.taps={indices}: index {bad[0]} is out of range; this model has stages 0..{n_stages - 1}")
+        raise ConfigError(
+            f"mint.taps={indices}: index {bad[0]} is out of range; this model has stages 0..{n_stages - 1}"
+        )
     return sorted(set(indices))
 
 
 class Backbone(nn.Module):
     """The audited network with its taps: `forward(x) -> (class logits, [tap activations])`."""
 
-    def __init__(self, network: nn.Module, tap_indices: Sequence[int], in_chans: int, img_size: int) -> None:
+    def __init__(
+        self, network: nn.Module, tap_indices: Sequence[int], in_chans: int, img_size: int
+    ) -> None:
         super().__init__()
         self.network = network
         self.tap_indices = list(tap_indices)
@@ -67,7 +76,9 @@ class Backbone(nn.Module):
         return [str(info["module"]) for info in self.network.feature_info]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        final, taps = self.network.forward_intermediates(x, indices=self.tap_indices, intermediates_only=False)
+        final, taps = self.network.forward_intermediates(
+            x, indices=self.tap_indices, intermediates_only=False
+        )
         return self.network.forward_head(final), list(taps)
 
     @torch.no_grad()
@@ -77,18 +88,27 @@ class Backbone(nn.Module):
         _, taps = self(torch.zeros(1, in_chans, img_size, img_size))
         self.train(was_training)
         names = self.stage_names
-        return [TapInfo(i, names[i], tuple(t.shape[1:])) for i, t in zip(self.tap_indices, taps, strict=True)]
+        return [
+            TapInfo(i, names[i], tuple(t.shape[1:]))
+            for i, t in zip(self.tap_indices, taps, strict=True)
+        ]
 
 
-def create_network(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: object) -> nn.Module:
+def create_network(
+    name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: object
+) -> nn.Module:
     """Build the bare network: `small_cnn`, or any timm model name (from scratch)."""
     if name == "small_cnn":
         return SmallCNN(num_classes, in_chans, **kwargs)
     import timm
 
     if not timm.is_model(name):
-        raise ConfigError(f"unknown model '{name}': use a config of conf/model or any timm model name (timm.list_models())")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        raise ConfigError(
+            f"unknown model '{name}': use a config of conf/model or any timm model name (timm.list_models())"
+        )
+    return timm.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs
+    )
 
 
 def build_backbone(
@@ -113,3 +133,22 @@ def build_backbone(
     n_stages = len(network.feature_info)
     presets = dict(tap_presets) if tap_presets else default_tap_presets(n_stages)
     return Backbone(network, resolve_taps(taps, presets, n_stages), in_chans, img_size)
+
+
+def backbone_from_config(
+    model_cfg: Mapping[str, Any],
+    taps: str | Sequence[int],
+    num_classes: int,
+    in_chans: int,
+    img_size: int,
+) -> Backbone:
+    """Build the backbone that a `conf/model/*.yaml` node describes, tapped at `taps` (mint.taps)."""
+    return build_backbone(
+        name=model_cfg["name"],
+        num_classes=num_classes,
+        in_chans=in_chans,
+        img_size=img_size,
+        taps=taps,
+        tap_presets=model_cfg.get("tap_presets"),
+        network_kwargs=model_cfg.get("kwargs"),
+    )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,5 +51,19 @@ class MINTHead(nn.Module):
 
     def forward(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
         """Return membership logits (B,) for the taps of one batch."""
-        features = torch.cat([branch(tap) for branch, tap in zip(self.branches, taps, strict=True)], dim=1)
+        features = torch.cat(
+            [branch(tap) for branch, tap in zip(self.branches, taps, strict=True)], dim=1
+        )
         return self.mlp(features).squeeze(1)
+
+
+def mint_head_from_config(
+    head_cfg: Mapping[str, Any], tap_shapes: Sequence[Sequence[int]]
+) -> nn.Module:
+    """Build the MINT head that a `mint.head` config node describes, for taps of these shapes."""
+    return MINTHead(
+        tap_shapes,
+        conv_widths=tuple(head_cfg.get("conv_widths", (64, 64))),
+        hidden=int(head_cfg.get("hidden", 128)),
+        dropout=float(head_cfg.get("dropout", 0.0)),
+    )

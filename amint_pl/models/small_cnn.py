@@ -36,7 +36,8 @@ class SmallCNN(nn.Module):
         chans = [in_chans, *widths]
         self.stages = nn.ModuleList(_stage(chans[i], chans[i + 1]) for i in range(len(widths)))
         self.feature_info = [
-            {"num_chs": w, "reduction": 2 ** (i + 1), "module": f"stages.{i}"} for i, w in enumerate(widths)
+            {"num_chs": w, "reduction": 2 ** (i + 1), "module": f"stages.{i}"}
+            for i, w in enumerate(widths)
         ]
         self.num_features = widths[-1]
         self.pool = nn.AdaptiveAvgPool2d(1)
