@@ -1,0 +1,1 @@
+"""The config tree (Hydra), shipped inside the package."""

@@ -1,0 +1,1 @@
+"""Evaluation: membership metrics, classic attacks, and the run's report (files, plots, table)."""

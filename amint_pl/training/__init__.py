@@ -1,0 +1,1 @@
+"""Training: the aMINT LightningModule (active / passive / off) and its loss weighting."""

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from amint_pl.evaluation.attacks import classic_attack_scores
+from amint_pl.evaluation.metrics import calibrate_threshold, membership_metrics, tpr_at_fpr
+
+
+def _scores(seed: int, n: int = 2000, shift: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(shift, 1.0, n), rng.normal(0.0, 1.0, n)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auc_and_tpr_agree_with_scikit_learn(seed):
+    members, nonmembers = _scores(seed)
+    # Unbounded scores with ties: the case a sigmoid would squash.
+    members = np.round(members * 40, 0)
+    nonmembers = np.round(nonmembers * 40, 0)
+    y = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+    s = np.r_[members, nonmembers]
+    m = membership_metrics(members, nonmembers)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-6)
+    fpr, tpr, _ = roc_curve(y, s)
+    for key, target in (("tpr_at_1%_fpr", 0.01), ("tpr_at_0.1%_fpr", 0.001)):
+        assert m[key] == pytest.approx(tpr[fpr <= target].max(), abs=1e-6)
+        assert m[f"{key}_meaningful"] is True
+
+
+def test_known_answers():
+    members = np.array([0.9, 0.8, 0.7, 0.6])
+    nonmembers = np.array([0.1, 0.2, 0.3, 0.65])
+    m = membership_metrics(members, nonmembers, members, nonmembers, probability=True)
+    assert m["auc"] == pytest.approx(15 / 16)
+    assert m["acc_at_0.5"] == pytest.approx(7 / 8)
+    # 0.6 and 0.7 both misplace one sample: either is a best threshold.
+    assert m["threshold_calibrated"] in (0.6, 0.7)
+    assert m["balanced_acc_calibrated"] == pytest.approx(7 / 8)
+    assert m["tpr_at_1%_fpr"] == pytest.approx(0.75)
+    assert m["tpr_at_1%_fpr_meaningful"] is False  # 4 non-members cannot measure 1% FPR
+
+
+def test_perfect_and_inverted_scores():
+    assert membership_metrics(np.array([2.0, 3.0]), np.array([0.0, 1.0]))["auc"] == 1.0
+    assert membership_metrics(np.array([0.0, 1.0]), np.array([2.0, 3.0]))["auc"] == 0.0
+    assert tpr_at_fpr(np.array([2.0, 3.0]), np.array([0.0, 1.0]), 0.0) == 1.0
+
+
+def test_calibrated_threshold_maximises_balanced_accuracy():
+    members, nonmembers = _scores(5, 500, shift=2.0)
+    t = calibrate_threshold(members, nonmembers)
+    best = max(
+        0.5 * (np.mean(members >= c) + np.mean(nonmembers < c)) for c in np.r_[members, nonmembers]
+    )
+    assert 0.5 * (np.mean(members >= t) + np.mean(nonmembers < t)) == pytest.approx(best)
+
+
+def test_classic_attacks_on_known_outputs():
+    # Sample 0: confident and right (member-like); sample 1: uniform (non-member-like).
+    logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([0, 0])
+    s = classic_attack_scores(logits, labels)
+    for name in ("loss", "confidence", "entropy", "modified_entropy"):
+        assert s[name][0] > s[name][1], name
+    assert s["loss"][1] == pytest.approx(-np.log(3))
+    assert s["confidence"][1] == pytest.approx(1 / 3)
+    assert s["entropy"][1] == pytest.approx(-np.log(3))
+    # Confident but wrong: modified entropy (label-aware) calls it a non-member, entropy does not.
+    wrong = classic_attack_scores(torch.tensor([[0.0, 10.0, 0.0]]), torch.tensor([0]))
+    assert wrong["entropy"][0] > s["entropy"][1]
+    assert wrong["modified_entropy"][0] < s["modified_entropy"][1]

@@ -1,0 +1,137 @@
+"""One real training step of each mint mode changes the right parameters."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from amint_pl.data.benchmarks import benchmark_from_config
+from amint_pl.data.datamodule import ROLE_CODES, BalancedBatchSampler, MembershipDataModule
+from amint_pl.data.splits import SplitSizes, build_splits
+from amint_pl.training.module import AMINTModule
+
+
+def _config(*overrides: str) -> dict:
+    with initialize_config_module(config_module="amint_pl.conf", version_base="1.3"):
+        cfg = compose(config_name="run", overrides=["paths.output_dir=unused", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = _config()
+    benchmark = benchmark_from_config(cfg["dataset"])
+    splits = build_splits(
+        len(benchmark.train), len(benchmark.test), SplitSizes(200, 0.2, 200, 100), seed=0
+    )
+    return benchmark, splits
+
+
+def _module_and_batch(digits, *overrides):
+    benchmark, splits = digits
+    cfg = _config(*overrides)
+    module = AMINTModule(
+        cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
+    )
+    dm = MembershipDataModule(benchmark, splits, batch_size=64, eval_batch_size=64, seed=0)
+    batch = next(iter(dm.train_dataloader()))
+    return module, batch
+
+
+def _step(module, batch):
+    """A real optimisation step as Lightning runs it: transfer hook, training_step, backward, step."""
+    optimizer = module.configure_optimizers()
+    module.train()
+    module.on_train_epoch_start()
+    batch = module.on_after_batch_transfer(dict(batch), 0)
+    optimizer.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    grads = {
+        n: (p.grad is not None and bool(p.grad.abs().sum() > 0))
+        for n, p in module.named_parameters()
+    }
+    optimizer.step()
+    return loss, grads
+
+
+def _changed(before, after):
+    return {
+        n
+        for n, p in after.named_parameters()
+        if not torch.equal(p, dict(before.named_parameters())[n])
+    }
+
+
+def test_active_step_sends_mint_gradient_into_the_backbone(digits):
+    # With the audited loss switched off, any backbone gradient can only come from the MINT loss.
+    module, batch = _module_and_batch(digits, "mint=active", "mint.w_aud=0", "mint.weighting=fixed")
+    loss, grads = _step(module, batch)
+    assert torch.isfinite(loss)
+    tapped = [n for n in grads if n.startswith("backbone.network.stages.0.") and "weight" in n]
+    assert tapped and all(grads[n] for n in tapped)
+    assert all(grads[n] for n in grads if n.startswith("mint_head."))
+
+
+def test_passive_head_phase_keeps_the_backbone_frozen(digits):
+    module, batch = _module_and_batch(digits, "mint=passive")
+    module.set_phase("mint_head")
+    before = copy.deepcopy(module)
+    _step(module, batch)
+    changed = _changed(before, module)
+    assert changed and all(n.startswith("mint_head.") for n in changed)
+    # BatchNorm statistics of the frozen backbone do not move either.
+    for (name, buf), (_, old) in zip(
+        module.backbone.named_buffers(), before.backbone.named_buffers(), strict=True
+    ):
+        assert torch.equal(buf, old), name
+
+
+def test_audited_phase_trains_only_the_backbone(digits):
+    for mode in ("passive", "off"):
+        module, batch = _module_and_batch(digits, f"mint={mode}")
+        before = copy.deepcopy(module)
+        _step(module, batch)
+        changed = _changed(before, module)
+        assert changed and all(n.startswith("backbone.") for n in changed), mode
+    assert module.mint_head is None  # mint=off has no head
+
+
+def test_initial_weighting_is_kept_in_the_checkpoint(digits):
+    module, batch = _module_and_batch(digits, "mint=active", "mint.weighting=initial")
+    first, _ = _step(module, batch)
+    # Each term divided by its own first value: the first loss is w_aud + w_mint = 2.
+    assert first.item() == pytest.approx(2.0, rel=1e-5)
+    scales = module.state_dict()["loss_weighting.initial_losses"]
+    assert (scales > 0).all()
+    _step(module, batch)
+    assert torch.equal(module.state_dict()["loss_weighting.initial_losses"], scales)
+
+
+def test_balanced_batches_visit_every_member_once_per_epoch():
+    members, external = np.arange(0, 103), np.arange(103, 180)
+    sampler = BalancedBatchSampler(members, external, batch_size=20, seed=0)
+    seen = []
+    for batch in sampler:
+        half = len(batch) // 2
+        assert np.isin(batch[:half], members).all() and np.isin(batch[half:], external).all()
+        seen += batch[:half]
+    assert sorted(seen) == members.tolist()
+    # Two ranks: disjoint member shards covering all members, equal batch counts.
+    shards = [list(BalancedBatchSampler(members, external, 20, 0, rank, 2)) for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1])
+    covered = {m for shard in shards for b in shard for m in b[: len(b) // 2]}
+    assert covered == set(members.tolist())
+
+
+def test_training_batches_hold_members_and_external_only(digits):
+    benchmark, splits = digits
+    dm = MembershipDataModule(benchmark, splits, batch_size=64, eval_batch_size=64, seed=0)
+    batch = next(iter(dm.train_dataloader()))
+    roles = batch["role"].tolist()
+    assert roles.count(ROLE_CODES["external"]) == 32
+    assert set(roles) <= {ROLE_CODES[r] for r in ("members_seen", "members_unseen", "external")}
+    assert batch["images"].dtype == torch.uint8
