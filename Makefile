@@ -1,4 +1,5 @@
-# amint_pl: `make run` (set-up + the default experiment, offline) and `make test` (set-up + the suite).
+# amint_pl: `make run` (set-up + the default experiment, offline), `make test` (set-up + the suite),
+# `make bench` (set-up + the speed bench).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,6 +25,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+# The speed bench (8 min on 2 busy CPU cores): experiments/results/bench-<machine>.json and .md.
+# ARGS="--quick" for a smoke test; on a GPU: ARGS="--device cuda --precision bf16-mixed --models resnet18,vit"
+bench: install
+	$(BIN)/python experiments/bench.py $(ARGS)
 
 lint: install
 	$(BIN)/ruff check amint_pl tests experiments

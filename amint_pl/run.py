@@ -8,6 +8,7 @@ python -m amint_pl.run -m model=small_cnn,resnet18 mint=active,passive
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
@@ -28,9 +29,30 @@ from amint_pl.errors import AmintError, ConfigError
 
 # Run directories carry this: the process id and a random suffix, fixed for the whole process.
 RUN_UID = f"{os.getpid()}-{secrets.token_hex(2)}"
-OmegaConf.register_new_resolver("amint_uid", lambda: RUN_UID, replace=True)
+# Cached: a sweep's workers (joblib, SLURM) get the launching process's value with the config,
+# so all jobs of a sweep, and all ranks of a job, share one sweep directory.
+OmegaConf.register_new_resolver("amint_uid", lambda: RUN_UID, replace=True, use_cache=True)
 
-CONFIG_GROUPS = ("dataset", "model", "mint", "trainer", "logger", "paths", "experiment", "debug")
+CONFIG_GROUPS = (
+    "dataset",
+    "model",
+    "mint",
+    "trainer",
+    "logger",
+    "paths",
+    "experiment",
+    "debug",
+    "sweep",
+)
+# hydra/launcher options whose plugin comes with the `cluster` extra.
+LAUNCHER_PLUGINS = {
+    "joblib": "hydra_plugins.hydra_joblib_launcher",
+    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+}
+# Our conf/hydra/launcher files carry the plugins' names, so Hydra checks them against the
+# plugins' schemas, and says so (a deprecation notice) in every process of a sweep.
+warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
 
 
 def config_dir() -> Path:
@@ -52,22 +74,91 @@ def check_overrides(overrides: list[str]) -> None:
     for group in CONFIG_GROUPS:
         if group not in given:
             continue
-        for option in given[group].split(","):
+        for option in given[group].strip("[]").split(","):  # a sweep a,b or a list [a,b]
             if option in ("", "null") or (config_dir() / group / f"{option}.yaml").is_file():
                 continue
             hint = " (or model.name=<any timm model name>)" if group == "model" else ""
             raise ConfigError(
                 f"unknown {group} '{option}': choose one of {', '.join(group_options(group))}{hint}"
             )
-    run_dir = given.get("hydra.run.dir")
+    launcher = given.get("hydra/launcher", "")
     if (
-        run_dir
-        and (Path(run_dir) / "results.json").exists()
-        and given.get("ckpt_path", "null") == "null"
+        launcher in LAUNCHER_PLUGINS
+        and importlib.util.find_spec(LAUNCHER_PLUGINS[launcher]) is None
+    ):
+        raise ConfigError(f'hydra/launcher={launcher} needs its plugin: pip install ".[cluster]"')
+    run_dir = given.get("hydra.run.dir", "").strip("\"'")
+    resuming = given.get("ckpt_path", "null") not in ("null", "")
+    # DDP ranks > 0 re-run this command inside the run directory their rank 0 made: rank 0 checked.
+    rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+    if (
+        rank_zero
+        and run_dir
+        and not resuming
+        and Path(run_dir).is_dir()
+        and any(Path(run_dir).iterdir())
     ):
         raise ConfigError(
             f"{run_dir} already holds a run: pick a new hydra.run.dir, or resume it with ckpt_path=last"
         )
+    if (
+        rank_zero
+        and given.get("ckpt_path") == "last"
+        and not (run_dir and (Path(run_dir) / "splits.npz").is_file())
+    ):
+        raise ConfigError(
+            "ckpt_path=last resumes a run in its own directory: add hydra.run.dir=<the run directory> "
+            "(the one holding splits.npz and checkpoints/)"
+        )
+
+
+# What a resumed run rewrites: the earlier attempt's are kept in <run dir>/attempts/<n>/ first
+# (csv/: Lightning's CSVLogger deletes an existing metrics.csv).
+ATTEMPT_FILES = (
+    "results.json",
+    "scores.csv",
+    "roc.png",
+    "scores_hist.png",
+    "training_curves.png",
+    "csv",
+)
+
+
+def resumed_config_dir(overrides: list[str]) -> list[str]:
+    """For a run resumed in place (hydra.run.dir=<dir> ckpt_path=...): the override that makes
+    Hydra write the resumed config beside the run's own (.hydra/resumed-<time>) instead of over it."""
+    given = dict(arg.partition("=")[::2] for arg in overrides if "=" in arg)
+    if (
+        not given.get("hydra.run.dir")
+        or given.get("ckpt_path", "null") in ("null", "")
+        or "hydra.output_subdir" in given
+    ):
+        return []
+    return [f"hydra.output_subdir=.hydra/resumed-{time.strftime('%Y-%m-%d_%H-%M-%S')}_{RUN_UID}"]
+
+
+def prepare_resume(cfg: DictConfig, output_dir: Path) -> None:
+    """Before a run is resumed: refuse a config or checkpoint that cannot continue it (nothing of
+    the run is touched then), and move what its earlier attempt wrote to <dir>/attempts/<n>/."""
+    from amint_pl.training.module import phases_of
+    from amint_pl.validation import check_checkpoint, check_resumable, validate_config
+
+    validate_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for path in resume_plan(cfg.ckpt_path, output_dir, phases_of(cfg.mint.mode)).values():
+        if path != SKIP_PHASE:
+            checkpoint = read_checkpoint(path)
+            check_checkpoint(checkpoint, path)
+            check_resumable(checkpoint, config, "")
+    if not _is_rank_zero() or not any((output_dir / n).exists() for n in ATTEMPT_FILES):
+        return
+    attempts = output_dir / "attempts"
+    done = [int(p.name) for p in attempts.glob("[0-9]*") if p.name.isdigit()]
+    attempt = attempts / str(max(done, default=0) + 1)
+    attempt.mkdir(parents=True)
+    for name in ATTEMPT_FILES:
+        if (output_dir / name).exists():
+            (output_dir / name).rename(attempt / name)
 
 
 def config_digest(cfg: DictConfig) -> str:
@@ -114,11 +205,29 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         "config_digest": config_digest(cfg),
         "versions": versions(),
     }
+    if cfg.get("ckpt_path") is not None:
+        prepare_resume(cfg, output_dir)  # a refused resume leaves the run as it was
     try:
-        results.update(_train_and_evaluate(cfg, output_dir))
+        from amint_pl.distributed import JobProcesses
+        from amint_pl.validation import validate_config
+
+        validate_config(cfg)  # before any data is decoded: one line that names the fix
+
+        # Correct DDP inside a sweep too: this job's ranks only, and nothing left for the next job.
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        with JobProcesses(multirun, cfg.trainer.get("strategy", "auto")) as job:
+            results.update(_train_and_evaluate(cfg, output_dir, job))
         results["status"] = "completed"
     except BaseException as err:
-        results.update(status="failed", error=f"{type(err).__name__}: {err}")
+        # Lightning turns Ctrl+C into sys.exit(1): record the interrupt itself.
+        cause = err.__context__ if isinstance(err, SystemExit) and err.__context__ else err
+        results.update(
+            status="failed", error=f"{type(cause).__name__}: {str(cause) or 'interrupted'}"
+        )
+        if any((output_dir / "checkpoints").glob("*/last.ckpt")):
+            results["resume_with"] = f"hydra.run.dir={output_dir} ckpt_path=last"
+        if isinstance(err, SystemExit) and not err.code:
+            raise SystemExit(1) from err  # SIGTERM (Lightning's SIGTERMException) must not exit 0
         raise
     finally:
         results["wall_time_s"] = round(time.time() - started, 2)
@@ -167,18 +276,19 @@ def _load_splits(cfg: DictConfig, output_dir: Path, n_train: int, n_test: int):
 
 
 def _loggers(cfg: DictConfig) -> list[Any]:
-    loggers = []
-    for name, node in (cfg.get("logger") or {}).items():
-        if node is not None and "_target_" in node:
-            loggers.append(hydra.utils.instantiate(node))
-        elif node is not None:
-            raise ConfigError(
-                f"logger '{name}' has no _target_: use logger=csv, logger=wandb or logger=none"
-            )
-    return loggers
+    from amint_pl.loggers import build_loggers
+
+    return build_loggers(cfg)
 
 
-def _trainer(cfg: DictConfig, output_dir: Path, phase: str, monitor: str, loggers: list[Any]):
+def _trainer(
+    cfg: DictConfig,
+    output_dir: Path,
+    phase: str,
+    monitor: str,
+    loggers: list[Any],
+    extra_callbacks: list[Any] | None = None,
+):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -197,6 +307,7 @@ def _trainer(cfg: DictConfig, output_dir: Path, phase: str, monitor: str, logger
     callbacks = [
         checkpoint,
         EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping_patience)),
+        *(extra_callbacks or []),
     ]
     return L.Trainer(
         **kwargs,
@@ -207,28 +318,102 @@ def _trainer(cfg: DictConfig, output_dir: Path, phase: str, monitor: str, logger
     )
 
 
+SKIP_PHASE = "skip"
+
+
+def resume_plan(ckpt_path: Any, output_dir: Path, phases: tuple[str, ...]) -> dict[str, str]:
+    """What each phase continues from (`ckpt_path`): a checkpoint, SKIP_PHASE, or nothing (absent).
+
+    `last`: each phase's checkpoints/<phase>/last.ckpt in the run directory; each phase goes on to
+    its max_epochs (a phase that early-stopped stays stopped). A file: the phase it was saved in
+    continues from it; earlier phases are in its weights and are skipped.
+    """
+    if ckpt_path is None:
+        return {}
+    if ckpt_path == "last":
+        found = {p: output_dir / "checkpoints" / p / "last.ckpt" for p in phases}
+        plan = {p: str(f) for p, f in found.items() if f.is_file()}
+        if not plan:
+            raise ConfigError(
+                f"ckpt_path=last: {output_dir / 'checkpoints'} holds no last.ckpt (the run stopped "
+                "before its first epoch ended): start it again in a new run directory"
+            )
+        return plan
+    phase = checkpoint_progress(ckpt_path)["phase"]
+    if phase not in phases:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} was saved in phase {phase!r}, not one of {', '.join(phases)}: "
+            "give a checkpoint of a run with this mint mode"
+        )
+    start = phases.index(phase)
+    return {**dict.fromkeys(phases[:start], SKIP_PHASE), phase: str(ckpt_path)}
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint loaded safely (weights_only), its tensors memory-mapped."""
+    import torch
+
+    from amint_pl.errors import CheckpointError
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(err).__name__}): give another ckpt_path"
+        ) from err
+
+
+def checkpoint_progress(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's phase, epoch, global step and whether early stopping ended it."""
+    ckpt = read_checkpoint(path)
+    stopped = any(
+        name.startswith("EarlyStopping") and int(state.get("stopped_epoch", 0)) > 0
+        for name, state in ckpt.get("callbacks", {}).items()
+    )
+    return {
+        "phase": ckpt.get("amint_phase"),
+        "epoch": int(ckpt.get("epoch", 0)),
+        "global_step": int(ckpt.get("global_step", 0)),
+        "stopped_early": stopped,
+    }
+
+
+def _set_aside_checkpoints(output_dir: Path, phases: tuple[str, ...]) -> None:
+    """Move the checkpoints of phases that must train again to checkpoints/<phase>.superseded-<n>."""
+    for phase in phases:
+        folder = output_dir / "checkpoints" / phase
+        if folder.is_dir():
+            n = 1
+            while folder.with_name(f"{phase}.superseded-{n}").exists():
+                n += 1
+            folder.rename(folder.with_name(f"{phase}.superseded-{n}"))
+
+
 def _quiet_lightning() -> None:
     """Lightning prints through its own handler; stop it printing each line twice under Hydra,
     and drop warnings that our deliberate choices trigger."""
     logging.getLogger("lightning.pytorch").propagate = False
     logging.getLogger("lightning.fabric").propagate = False
     for message in (
-        ".*overridden `on_after_batch_transfer`.*",
+        ".*overridden `on_(before|after)_batch_transfer`.*",
         ".*custom batch sampler.*",
         ".*does not have many workers.*",
         ".*isinstance\\(treespec, LeafSpec\\).*",
         ".*litlogger.*",
+        # Validation values are torchmetrics computed over all ranks: there is nothing to sync.
+        ".*when logging on epoch level in distributed setting.*",
     ):
         warnings.filterwarnings("ignore", message=message)
 
 
-def _train_and_evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str, Any]:
     import lightning as L
     import torch
 
     from amint_pl.data.benchmarks import benchmark_from_config
     from amint_pl.data.datamodule import MembershipDataModule
     from amint_pl.data.splits import PROTOCOLS
+    from amint_pl.distributed import gather_predictions
     from amint_pl.evaluation.report import (
         audited_accuracy,
         membership_results,
@@ -238,14 +423,25 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         scored_samples,
         write_scores_csv,
     )
+    from amint_pl.loggers import publish_results
     from amint_pl.training.module import AMINTModule
+    from amint_pl.validation import check_checkpoint
 
     _quiet_lightning()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     benchmark = benchmark_from_config(cfg.dataset)
     splits = _load_splits(cfg, output_dir, len(benchmark.train), len(benchmark.test))
+    if cfg.attack.reference:  # bad settings or a stale cache stop before anything trains
+        from amint_pl.evaluation.reference import check_reference_attack
+
+        check_reference_attack(cfg, splits, output_dir)
     datamodule = MembershipDataModule(
-        benchmark, splits, int(cfg.batch_size), int(cfg.eval_batch_size), int(cfg.seed)
+        benchmark,
+        splits,
+        int(cfg.batch_size),
+        int(cfg.eval_batch_size),
+        int(cfg.seed),
+        on_device=bool(cfg.dataset.get("on_device", False)),
     )
     protocols = [p for p, role in PROTOCOLS.items() if len(splits[f"{role}_calib"])]
     module = AMINTModule(
@@ -260,22 +456,49 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     loggers = _loggers(cfg)
     best_checkpoints: dict[str, str] = {}
     trainer = None
-    for phase in module.phases:
+    plan = resume_plan(cfg.get("ckpt_path"), output_dir, module.phases)
+    for i, phase in enumerate(module.phases):
         module.set_phase(phase)
         monitor = "val/paper/mint_auc" if phase == "mint_head" else str(cfg.mint.monitor)
-        trainer = _trainer(cfg, output_dir, phase, monitor, loggers)
-        trainer.fit(module, datamodule=datamodule)
+        trainer = _trainer(cfg, output_dir, phase, monitor, loggers, [job.shard_report])
+        resume_from = plan.get(phase)
+        if resume_from == SKIP_PHASE:
+            continue
+        progress = checkpoint_progress(resume_from) if resume_from else None
+        if progress and progress["stopped_early"]:
+            trainer.fit_loop.max_epochs = progress["epoch"] + 1  # restore it, train no further
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from, weights_only=True)
+        if progress and trainer.global_step > progress["global_step"]:
+            # This phase trained on: later phases start again from its new weights.
+            plan = {p: c for p, c in plan.items() if p not in module.phases[i + 1 :]}
+            if _is_rank_zero():
+                _set_aside_checkpoints(output_dir, module.phases[i + 1 :])
         best = (
             trainer.checkpoint_callback.best_model_path
             or trainer.checkpoint_callback.last_model_path
         )
         if best:
-            module.load_state_dict(
-                torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-            )
+            state = torch.load(best, map_location="cpu", weights_only=True)
+            check_checkpoint(state, best)
+            module.load_state_dict(state["state_dict"])
             best_checkpoints[phase] = str(Path(best).relative_to(output_dir))
     predictions = trainer.predict(module, datamodule=datamodule)
-    samples = scored_samples(predictions)
+    # Under DDP each rank scored its shard: every rank gets them all (and the per-rank counts).
+    samples = scored_samples(gather_predictions(predictions))
+    distributed = job.shard_report.report()
+    reference_attack_summary = None
+    if cfg.attack.reference:  # the opt-in reference-model attack joins the scored methods
+        from amint_pl.evaluation.reference import METHOD, reference_attack
+
+        samples.scores[METHOD], reference_attack_summary = reference_attack(
+            cfg,
+            benchmark,
+            splits,
+            samples,
+            module,
+            output_dir,
+            lambda ref_cfg, root: _trainer(ref_cfg, root, "audited", "val/aud_acc", []),
+        )
     membership = membership_results(samples, splits)
     audited = audited_accuracy(samples)
     evaluation = {
@@ -290,7 +513,10 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         ],
         "best_checkpoints": best_checkpoints,
         "epochs_trained": int(trainer.current_epoch),
+        "distributed": distributed,
     }
+    if reference_attack_summary is not None:
+        evaluation["reference_attack"] = reference_attack_summary
     if _is_rank_zero():
         title = f"{cfg.dataset.name} | {cfg.model.name} | mint={cfg.mint.mode} | taps={evaluation['tap_info'][0]['module']}"
         write_scores_csv(output_dir / "scores.csv", samples, splits)
@@ -308,9 +534,7 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 ):
                     if m[key] is not None:
                         summary[f"test/{protocol}/{method}/{key}"] = m[key]
-        for logger in loggers:
-            logger.log_metrics(summary, step=trainer.global_step)
-            logger.save()
+        publish_results(loggers, summary, membership, output_dir, trainer.global_step)
         print_table(
             {
                 "dataset": cfg.dataset.name,
@@ -348,6 +572,7 @@ def main() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv += resumed_config_dir(sys.argv[1:])
     _hydra_main()
 
 

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from amint_pl.data.benchmarks import Benchmark, Pool
 from amint_pl.data.splits import MembershipSplits
+from amint_pl.errors import ConfigError
 
 # Role codes carried by every batch (`batch["role"]`).
 ROLE_CODES = {
@@ -56,21 +57,26 @@ class IndexedSamples(Dataset):
         return len(self.index)
 
     def __getitems__(self, positions: Sequence[int]) -> dict[str, torch.Tensor]:
+        # The catalogue stays on the host; images and labels are gathered where the pools live
+        # (the GPU with `dataset.on_device`), by host-made positions: no device sync.
         pos = torch.as_tensor(positions, dtype=torch.long)
         pool_id, index = self.pool_id[pos], self.index[pos]
+        device = self.images[0].device
         if bool((pool_id == pool_id[0]).all()):
             p = int(pool_id[0])
-            images, labels = self.images[p][index], self.labels[p][index]
+            images, labels = _gather(self.images[p], index), _gather(self.labels[p], index)
         else:
-            images = torch.empty((len(pos), *self.images[0].shape[1:]), dtype=torch.uint8)
-            labels = torch.empty(len(pos), dtype=torch.long)
+            images = torch.empty(
+                (len(pos), *self.images[0].shape[1:]), dtype=torch.uint8, device=device
+            )
+            labels = torch.empty(len(pos), dtype=torch.long, device=device)
             for p in range(len(self.images)):
-                mask = pool_id == p
-                if mask.any():
-                    images[mask], labels[mask] = (
-                        self.images[p][index[mask]],
-                        self.labels[p][index[mask]],
-                    )
+                rows = torch.nonzero(pool_id == p).flatten()
+                if len(rows):
+                    at = index[rows]
+                    rows = rows.to(device)
+                    images[rows] = _gather(self.images[p], at)
+                    labels[rows] = _gather(self.labels[p], at)
         return {
             "images": images,
             "labels": labels,
@@ -81,6 +87,14 @@ class IndexedSamples(Dataset):
 
     def __getitem__(self, position: int) -> dict[str, torch.Tensor]:
         return self.__getitems__([position])
+
+
+def _gather(rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """rows[at], `at` on the host. A host gather goes through numpy: one thread, so it never
+    waits on torch's intra-op thread pool (100x slower on a CPU that other jobs share)."""
+    if rows.device.type == "cpu":
+        return torch.from_numpy(rows.numpy()[at.numpy()])
+    return rows[at.to(rows.device)]
 
 
 def _whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -179,6 +193,8 @@ class MembershipDataModule(L.LightningDataModule):
         batch_size: per step and device; half members (D), half external (E).
         eval_batch_size: batch size of the calibration and scored sets.
         seed: the sampling seed (epoch orders derive from it).
+        on_device: on a GPU, keep the uint8 pools on it whole (`dataset.on_device`): batches are
+            gathered there, with no host-to-device copy per step. No effect on a CPU.
     """
 
     def __init__(
@@ -188,6 +204,7 @@ class MembershipDataModule(L.LightningDataModule):
         batch_size: int,
         eval_batch_size: int,
         seed: int,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
         self.benchmark = benchmark
@@ -195,6 +212,7 @@ class MembershipDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.on_device = on_device
         pools = (benchmark.train, benchmark.test)
         self.training_set = IndexedSamples(
             pools, *catalogue(splits, ("members_seen", "members_unseen", "external"))
@@ -206,8 +224,41 @@ class MembershipDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
+    def _device(self) -> torch.device:
+        trainer = self.trainer
+        return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+
+    def setup(self, stage: str) -> None:
+        """With `on_device` on a GPU, move the pools there once (shared by every set)."""
+        device = self._device()
+        if not self.on_device or device.type != "cuda":
+            return
+        pools = self.training_set
+        if pools.images[0].device == device:
+            return
+        size = sum(t.nbytes for t in (*pools.images, *pools.labels))
+        free, _ = torch.cuda.mem_get_info(device)
+        if size > free // 2:
+            raise ConfigError(
+                f"dataset.on_device=true needs {size / 2**30:.1f} GiB on {device}, more than half "
+                f"of its {free / 2**30:.1f} GiB free: set dataset.on_device=false"
+            )
+        images = [t.to(device) for t in pools.images]
+        labels = [t.to(device) for t in pools.labels]
+        for dataset in (self.training_set, self.calibration_set, self.scored_set):
+            dataset.images, dataset.labels = images, labels
+
     def _loader(self, dataset: IndexedSamples, sampler: Sampler[list[int]]) -> DataLoader:
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=0)
+        # A batch is one gather from memory: worker processes would only add IPC. Host batches
+        # bound for a GPU are pinned, so the copy to it runs asynchronously.
+        pin = self._device().type == "cuda" and dataset.images[0].device.type == "cpu"
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=_whole_batch,
+            num_workers=0,
+            pin_memory=pin,
+        )
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

@@ -16,6 +16,12 @@ import torch.nn.functional as F
 CLASSIC_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy")
 
 
+def loss_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The LOSS attack's score (Yeom et al.) of each sample, in double precision: minus the
+    cross-entropy of the true label, i.e. log p(true label); exp() of it is that probability."""
+    return -F.cross_entropy(logits.double(), labels, reduction="none")
+
+
 def classic_attack_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
     """Scores of every classic attack for each sample: {attack name: (N,) array}."""
     logits = logits.double()
@@ -23,7 +29,6 @@ def classic_attack_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
     p = log_p.exp()
     true = F.one_hot(labels, logits.shape[1]).bool()
     p_true = p[true]
-    loss = -log_p[true]
     entropy = -(p * log_p).sum(1)
     eps = 1e-30
     # Mentr = -(1 - p_y) log p_y - sum_{i != y} p_i log(1 - p_i)
@@ -32,7 +37,7 @@ def classic_attack_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
         true, 0
     ).sum(1)
     scores = {
-        "loss": -loss,
+        "loss": loss_score(logits, labels),
         "confidence": p.max(1).values,
         "entropy": -entropy,
         "modified_entropy": -m_entropy,

@@ -191,6 +191,7 @@ def _method_label(method: str) -> str:
         "confidence": "confidence (Salem)",
         "entropy": "entropy (Song)",
         "modified_entropy": "mod. entropy (Song)",
+        "rmia": "RMIA (Zarifzadeh)",
     }.get(method, method)
 
 

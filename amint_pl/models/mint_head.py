@@ -11,7 +11,48 @@ from torch import nn
 
 from amint_pl.errors import ConfigError
 
-HEAD_KEYS = ("conv_widths", "token_width", "hidden", "dropout")
+HEAD_KEYS = (
+    "conv_widths",
+    "token_width",
+    "hidden",
+    "dropout",
+    "output_features",
+    "tap_features",
+    "detach_outputs",
+)
+# Statistics of the audited model's outputs that the head may read beside its taps
+# (`mint.head.output_features`), each on a log scale where membership shows:
+# loss: log CE of the true label; probs: the sorted log-probabilities; entropy: log entropy.
+OUTPUT_FEATURES = ("loss", "probs", "entropy")
+
+
+def output_statistics(
+    logits: torch.Tensor, labels: torch.Tensor | None, names: Sequence[str]
+) -> torch.Tensor:
+    """(B, k) features of the audited model's outputs, in the order of `names`.
+
+    `labels` None (an audit of unlabelled images) uses the predicted class as the label.
+    """
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    if labels is None:
+        labels = log_p.argmax(1)
+    columns = []
+    for name in names:
+        if name == "loss":
+            loss = -log_p.gather(1, labels.view(-1, 1))
+            columns.append(torch.log(loss + 1e-6))
+        elif name == "probs":
+            columns.append(log_p.sort(dim=1, descending=True).values.clamp_min(-20.0))
+        elif name == "entropy":
+            entropy = -(log_p.exp() * log_p).sum(1, keepdim=True)
+            columns.append(torch.log(entropy + 1e-6))
+        else:
+            raise ValueError(f"unknown output feature {name!r}: use {', '.join(OUTPUT_FEATURES)}")
+    return torch.cat(columns, dim=1) / 5.0  # roughly unit scale
+
+
+def output_feature_width(names: Sequence[str], num_classes: int) -> int:
+    return sum(num_classes if name == "probs" else 1 for name in names)
 
 
 def tap_branch(shape: Sequence[int], widths: Sequence[int]) -> nn.Sequential:
@@ -36,6 +77,9 @@ class MINTHead(nn.Module):
 
     A (C, H, W) tap gets a conv branch (`tap_branch`); an (N, C) tap of tokens, or a (C,)
     vector, gets a linear branch (`token_branch`). Any number of taps, of any of these shapes.
+    Optionally the head also reads statistics of the audited model's outputs
+    (`output_statistics`), concatenated with the branches' features; with `use_taps=False` it
+    reads those statistics alone.
 
     Args:
         tap_shapes: the shape of every tap without the batch dimension, in the backbone's order.
@@ -43,6 +87,11 @@ class MINTHead(nn.Module):
         hidden: the width of the MLP's hidden layer (the paper's 128).
         dropout: dropout before the last layer.
         token_width: the output width of each linear (token) branch.
+        output_features: names from OUTPUT_FEATURES the head reads beside its taps.
+        num_classes: the audited model's classes (sizes the `probs` feature).
+        use_taps: read the taps (False: output statistics only).
+        detach_outputs: stop the MINT gradient at the output statistics, so that it reaches the
+            backbone through the taps only (it would otherwise push external samples' loss up).
     """
 
     def __init__(
@@ -52,14 +101,23 @@ class MINTHead(nn.Module):
         hidden: int = 128,
         dropout: float = 0.0,
         token_width: int = 64,
+        output_features: Sequence[str] = (),
+        num_classes: int = 0,
+        use_taps: bool = True,
+        detach_outputs: bool = True,
     ) -> None:
         super().__init__()
         if len(conv_widths) != 2:
             raise ValueError(f"conv_widths needs two widths, got {list(conv_widths)}")
-        if not tap_shapes:
+        if not tap_shapes and use_taps:
             raise ValueError("the MINT head needs at least one tap")
-        branches, features = [], 0
-        for shape in tap_shapes:
+        self.output_features = tuple(output_features)
+        self.use_taps = use_taps
+        self.detach_outputs = detach_outputs
+        if not use_taps and not self.output_features:
+            raise ValueError("a MINT head without taps needs output features")
+        branches, features = [], output_feature_width(self.output_features, num_classes)
+        for shape in tap_shapes if use_taps else ():
             if len(shape) == 3:
                 branches.append(tap_branch(shape, conv_widths))
                 features += conv_widths[1]
@@ -78,16 +136,33 @@ class MINTHead(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    def forward(self, taps: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Return membership logits (B,) for the taps of one batch."""
-        features = torch.cat(
-            [branch(tap) for branch, tap in zip(self.branches, taps, strict=True)], dim=1
+    @property
+    def reads_outputs(self) -> bool:
+        return bool(self.output_features)
+
+    def forward(
+        self,
+        taps: Sequence[torch.Tensor],
+        logits: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return membership logits (B,) for the taps (and class logits, labels) of one batch."""
+        parts = (
+            [branch(tap) for branch, tap in zip(self.branches, taps, strict=True)]
+            if self.use_taps
+            else []
         )
-        return self.mlp(features).squeeze(1)
+        if self.output_features:
+            if logits is None:
+                raise ValueError("this MINT head reads output statistics: pass the class logits")
+            if self.detach_outputs:
+                logits = logits.detach()
+            parts.append(output_statistics(logits, labels, self.output_features))
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
 
 
 def mint_head_from_config(
-    head_cfg: Mapping[str, Any], tap_shapes: Sequence[Sequence[int]]
+    head_cfg: Mapping[str, Any], tap_shapes: Sequence[Sequence[int]], num_classes: int = 0
 ) -> nn.Module:
     """Build the MINT head that a `mint.head` config node (conf/mint/head/*.yaml) describes."""
     unknown = sorted(set(head_cfg) - set(HEAD_KEYS))
@@ -106,4 +181,17 @@ def mint_head_from_config(
         hidden=int(head_cfg.get("hidden", 128)),
         dropout=float(head_cfg.get("dropout", 0.0)),
         token_width=int(head_cfg.get("token_width", 64)),
+        output_features=_output_features(head_cfg.get("output_features") or ()),
+        num_classes=num_classes,
+        use_taps=bool(head_cfg.get("tap_features", True)),
+        detach_outputs=bool(head_cfg.get("detach_outputs", True)),
     )
+
+
+def _output_features(names: Sequence[str]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in OUTPUT_FEATURES]
+    if unknown:
+        raise ConfigError(
+            f"mint.head.output_features: '{unknown[0]}' is unknown: use any of {', '.join(OUTPUT_FEATURES)}"
+        )
+    return tuple(str(n) for n in names)

@@ -14,30 +14,82 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
 from amint_pl.data.datamodule import ROLE_CODES
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.errors import ConfigError
 from amint_pl.models.backbones import backbone_from_config
 from amint_pl.models.mint_head import mint_head_from_config
+from amint_pl.training.callbacks import MembershipCurves
 from amint_pl.training.losses import LossWeighting
+from amint_pl.validation import check_checkpoint, check_resumable, seal_checkpoint
 
 MODES = {"active": ("joint",), "passive": ("audited", "mint_head"), "off": ("audited",)}
+OPTIMIZERS = ("adam", "adamw", "sgd")
 SEEN, UNSEEN, EXTERNAL = (
     ROLE_CODES["members_seen"],
     ROLE_CODES["members_unseen"],
     ROLE_CODES["external"],
 )
-# Calibration members of each protocol (validation) and the calibration non-members.
-CALIB_MEMBERS = {
-    "paper": ROLE_CODES["members_seen_calib"],
-    "strict": ROLE_CODES["members_unseen_calib"],
-}
-CALIB_NONMEMBERS = ROLE_CODES["nonmembers_calib"]
+
+# torch.compile modes `model.compile` may name (true = "default").
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def positive_draw(index: torch.Tensor, salt: int) -> torch.Tensor:
+    """A uniform number in [0, 1) per sample index, fixed for a given salt (a Weyl hash)."""
+    mixed = (index.long() * 0x9E3779B1 + (salt + 1) * 0x85EBCA77) & 0xFFFFFFFF
+    return mixed.double() / float(1 << 32)
+
+
+def role_positions(
+    role: torch.Tensor,
+    index: torch.Tensor | None = None,
+    positive_fraction: float = 1.0,
+    salt: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Positions in a training batch of its members (the audited CE) and of its MINT targets
+    (seen members and external samples: unseen members are never MINT positives).
+
+    With `positive_fraction` < 1 only that share of the seen members (drawn per sample index and
+    `salt`: the epoch, when the subset rotates) are MINT positives in this step.
+
+    Computed on the host where the roles are made (`on_before_batch_transfer`): rows selected on
+    the device by these positions need no device->host sync, which a boolean mask costs every step.
+    """
+    mint = role != UNSEEN
+    if positive_fraction < 1.0 and index is not None:
+        mint &= (role == EXTERNAL) | (positive_draw(index, salt) < positive_fraction)
+    return {
+        "member_index": torch.nonzero(role != EXTERNAL).flatten(),
+        "mint_index": torch.nonzero(mint).flatten(),
+    }
+
+
+def compile_mode(value: Any) -> str | None:
+    """`model.compile`: false -> None, true -> "default", or one of COMPILE_MODES."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "default"
+    if value in COMPILE_MODES:
+        return str(value)
+    raise ConfigError(
+        f"model.compile={value!r} is unknown: use false, true or a mode ({', '.join(COMPILE_MODES)})"
+    )
+
+
+def step_seed(
+    seed: int, split_fingerprint: str, phase: str, epoch: int, step: int, rank: int = 0
+) -> int:
+    """The torch seed of one training step: the run seed and splits, and where the step is."""
+    splits = int(split_fingerprint[:15] or "0", 16)
+    phase_id = ("joint", "audited", "mint_head").index(phase)
+    where = [seed % (1 << 63), splits, phase_id, epoch, step, rank]
+    return int(np.random.SeedSequence(where).generate_state(1, np.uint64)[0] >> 1)
 
 
 def phases_of(mode: str) -> tuple[str, ...]:
@@ -85,7 +137,9 @@ class AMINTModule(L.LightningModule):
             config["model"], mint["taps"], num_classes, channels, img_size
         )
         self.mint_head = (
-            mint_head_from_config(mint["head"], [t.shape for t in self.backbone.tap_info])
+            mint_head_from_config(
+                mint["head"], [t.shape for t in self.backbone.tap_info], num_classes
+            )
             if self.mode != "off"
             else None
         )
@@ -93,66 +147,123 @@ class AMINTModule(L.LightningModule):
             str(mint["weighting"]), float(mint["w_aud"]), float(mint["w_mint"])
         )
         self.optim_cfg = dict(config["optim"])
+        # The share of seen members used as MINT positives, and whether it rotates per epoch.
+        self.positive_fraction = float(mint.get("positive_fraction", 1.0))
+        self.rotate_positives = bool(mint.get("rotate_positives", False))
+        # Fast paths (README "Speed"): NHWC activations, torch.compile in `configure_model`.
+        self.channels_last = bool(config["model"].get("channels_last", False))
+        self.compile_mode = compile_mode(config["model"].get("compile", False))
+        self._compiled = False
+        if self.channels_last:
+            for part in (self.backbone, self.mint_head):
+                if part is not None:
+                    part.to(memory_format=torch.channels_last)
         self.protocols = tuple(protocols)
-        self.val_metrics = MetricCollection(
-            {"aud_acc": MulticlassAccuracy(num_classes, average="micro")}
-            | {f"{p}_{m}": BinaryAUROC() for p in self.protocols for m in ("mint_auc", "loss_auc")}
-        )
+        # Validation metrics (val/aud_acc, val/<protocol>/{mint,loss}_auc) and their curves;
+        # attached to every trainer that fits this module (configure_callbacks).
+        self.membership_curves = MembershipCurves(num_classes, self.protocols)
 
     # ----------------------------------------------------------------------------------- phases
     def set_phase(self, phase: str) -> None:
-        """Switch to a phase of this mode; `mint_head` freezes the backbone."""
+        """Switch to a phase of this mode; `mint_head` freezes the backbone, `audited` the head."""
         if phase not in self.phases:
             raise ValueError(f"phase {phase!r} is not one of {self.phases}")
         self.phase = phase
         self.backbone.requires_grad_(phase != "mint_head")
+        if self.mint_head is not None:
+            # Unused in `audited`: DDP must not wait for gradients that never come.
+            self.mint_head.requires_grad_(phase != "audited")
 
     def on_train_epoch_start(self) -> None:
         if self.phase == "mint_head":
             self.backbone.eval()  # frozen: BatchNorm statistics stay those of the audited model
 
+    def configure_model(self) -> None:
+        """Compile the backbone and the MINT head in place, once (`model.compile`): their
+        state_dict keys do not change, so checkpoints load into compiled and plain models alike."""
+        if self.compile_mode is None or self._compiled:
+            return
+        for part in (self.backbone, self.mint_head):
+            if part is not None:
+                part.compile(mode=self.compile_mode)
+        self._compiled = True
+
+    def on_train_batch_start(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Each step's randomness (augmentation, dropout) depends on (seed, splits, phase, epoch,
+        # step, rank) alone: a run resumed at an epoch boundary draws what an uninterrupted one
+        # draws (and reference models, trained on other splits, draw their own).
+        torch.manual_seed(
+            step_seed(
+                int(self.hparams.config["seed"]),
+                self.hparams.split_fingerprint,
+                self.phase,
+                self.current_epoch,
+                batch_idx,
+                self.global_rank,
+            )
+        )
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["amint_phase"] = self.phase
         checkpoint["amint_split_fingerprint"] = self.hparams.split_fingerprint
+        seal_checkpoint(checkpoint)  # amint_pl's version and a digest: audit and resume check it
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Resuming (ckpt_path): refuse a foreign or changed file, other splits, another config.
+        check_checkpoint(checkpoint, "ckpt_path")
+        check_resumable(checkpoint, self.hparams.config, self.hparams.split_fingerprint)
 
     # ------------------------------------------------------------------------------ forward
+    def on_before_batch_transfer(
+        self, batch: dict[str, torch.Tensor], dataloader_idx: int
+    ) -> dict[str, torch.Tensor]:
+        if "role" in batch:
+            salt = self.current_epoch if self.rotate_positives else 0
+            batch.update(
+                role_positions(batch["role"], batch.get("index"), self.positive_fraction, salt)
+            )
+        return batch
+
     def on_after_batch_transfer(
         self, batch: dict[str, torch.Tensor], dataloader_idx: int
     ) -> dict[str, torch.Tensor]:
-        batch["inputs"] = self.preprocess(
-            batch["images"], train=self.training and self.phase != "mint_head"
-        )
+        inputs = self.preprocess(batch["images"], train=self.training and self.phase != "mint_head")
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        batch["inputs"] = inputs
         return batch
 
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class logits and membership logits (None without a MINT head) of preprocessed inputs."""
+    def forward(
+        self, inputs: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Class logits and membership logits (None without a MINT head) of preprocessed inputs.
+
+        `labels` matter only to a head that reads the loss (None: the predicted class)."""
         logits, taps = self.backbone(inputs)
-        return logits, (self.mint_head(taps) if self.mint_head is not None else None)
+        if self.mint_head is None:
+            return logits, None
+        return logits, self.mint_head(taps, logits, labels)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         role, labels, inputs = batch["role"], batch["labels"], batch["inputs"]
-        is_member = role != EXTERNAL
+        # Row selections by position, made on the host (no device sync); recomputed here only for
+        # a batch that skipped `on_before_batch_transfer`.
+        where = batch if "member_index" in batch else role_positions(role)
+        members, mint_targets = where["member_index"], where["mint_index"]
         ce = bce = None
         if self.phase == "joint":
             # ONE forward over members and external samples together: BatchNorm sees both.
             logits, taps = self.backbone(inputs)
-            ce = F.cross_entropy(logits[is_member], labels[is_member])
-            mint_mask = role != UNSEEN  # unseen members are never MINT positives
-            mint_logits = self.mint_head(taps)
-            bce = F.binary_cross_entropy_with_logits(
-                mint_logits[mint_mask], is_member[mint_mask].float()
-            )
+            ce = F.cross_entropy(logits.index_select(0, members), labels.index_select(0, members))
+            bce = self._mint_loss(self.mint_head(taps, logits, labels), role, mint_targets)
         elif self.phase == "audited":
-            logits, _ = self.backbone(inputs[is_member])
-            ce = F.cross_entropy(logits, labels[is_member])
+            logits, _ = self.backbone(inputs.index_select(0, members))
+            ce = F.cross_entropy(logits, labels.index_select(0, members))
         else:  # mint_head: the frozen backbone's detached taps
             with torch.no_grad():
-                _, taps = self.backbone(inputs)
-            mint_mask = role != UNSEEN
-            mint_logits = self.mint_head([t.detach() for t in taps])
-            bce = F.binary_cross_entropy_with_logits(
-                mint_logits[mint_mask], is_member[mint_mask].float()
-            )
+                logits, taps = self.backbone(inputs)
+            mint_logits = self.mint_head([t.detach() for t in taps], logits.detach(), labels)
+            bce = self._mint_loss(mint_logits, role, mint_targets)
         loss = self.loss_weighting(ce, bce)
         prefix = "head/" if self.phase == "mint_head" else ""
         self.log(f"{prefix}train/loss", loss, prog_bar=True)
@@ -162,44 +273,35 @@ class AMINTModule(L.LightningModule):
             self.log(f"{prefix}train/bce", bce)
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits, mint_logits = self(batch["inputs"])
-        role, labels = batch["role"], batch["labels"]
-        loss_score = -F.cross_entropy(
-            logits, labels, reduction="none"
-        )  # LOSS attack: low loss = member
-        nonmember = role == CALIB_NONMEMBERS
-        if nonmember.any():
-            self.val_metrics["aud_acc"].update(logits[nonmember], labels[nonmember])
-        score_mint = mint_logits is not None and self.phase != "audited"
-        for protocol in self.protocols:
-            member = role == CALIB_MEMBERS[protocol]
-            keep = member | nonmember
-            if not keep.any():
-                continue
-            target = member[keep].long()
-            self.val_metrics[f"{protocol}_loss_auc"].update(loss_score[keep], target)
-            if score_mint:
-                self.val_metrics[f"{protocol}_mint_auc"].update(mint_logits[keep], target)
+    @staticmethod
+    def _mint_loss(
+        mint_logits: torch.Tensor, role: torch.Tensor, mint_targets: torch.Tensor
+    ) -> torch.Tensor:
+        """BCE of the MINT logits at the MINT targets (members 1, external samples 0), each class
+        weighted one half, as the paper's separate member and external batches were."""
+        is_member = (role.index_select(0, mint_targets) != EXTERNAL).float()
+        losses = F.binary_cross_entropy_with_logits(
+            mint_logits.index_select(0, mint_targets), is_member, reduction="none"
+        )
+        positives = (losses * is_member).sum() / is_member.sum().clamp_min(1.0)
+        negatives = (losses * (1 - is_member)).sum() / (1 - is_member).sum().clamp_min(1.0)
+        return 0.5 * (positives + negatives)
 
-    def on_validation_epoch_end(self) -> None:
-        for name, metric in self.val_metrics.items():
-            if metric.update_called:
-                value = metric.compute()
-                protocol, _, what = name.partition("_")
-                key = "val/aud_acc" if name == "aud_acc" else f"val/{protocol}/{what}"
-                self.log(
-                    key,
-                    value,
-                    prog_bar=key in ("val/aud_acc", "val/paper/mint_auc"),
-                    sync_dist=False,
-                )
-            metric.reset()
+    def validation_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor | None]:
+        """Outputs on the calibration sets; `MembershipCurves` turns them into the val/ metrics
+        (the MINT head is not scored while only the audited model trains)."""
+        logits, mint_logits = self(batch["inputs"], batch["labels"])
+        return {"logits": logits, "mint_logits": None if self.phase == "audited" else mint_logits}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [self.membership_curves]
 
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        logits, mint_logits = self(batch["inputs"])
+        logits, mint_logits = self(batch["inputs"], batch["labels"])
         out = {k: batch[k] for k in ("index", "pool", "role", "labels")}
         out["logits"] = logits.float()
         if mint_logits is not None:
@@ -225,4 +327,4 @@ class AMINTModule(L.LightningModule):
             return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
         if name == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
-        raise ConfigError(f"optim.name='{name}' is unknown: use adam, adamw or sgd")
+        raise ConfigError(f"optim.name='{name}' is unknown: use {', '.join(OPTIMIZERS)}")

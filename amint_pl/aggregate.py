@@ -1,0 +1,466 @@
+"""`python -m amint_pl.aggregate <sweep dir | run dirs...> [--out DIR]`: one comparison table.
+
+Reads every run below the given directories (its `results.json`; a run directory with `.hydra/`
+and no results.json is an unfinished run) and writes, into --out (default: the one directory
+given, else the current directory):
+
+- `aggregate.csv`: one row per run and method (data set, model, tap setup, mint mode, method) with
+  the MINT accuracy (calibrated balanced accuracy, and accuracy at 0.5 for the MINT head), AUC and
+  TPR at 1% FPR in the paper protocol, the strict protocol's AUC, the audited model's test
+  accuracy, and the paper's published numbers beside them; failed and unfinished runs are rows too,
+  with their status and error;
+- `aggregate.md`: the same as Markdown (printed too), failed and unfinished runs listed apart;
+- `aggregate_heatmap.png`: AUC and TPR at 1% FPR of every method of every completed run.
+
+Methods: `amint` (the MINT head of a mint=active run), `passive_mint` (of a mint=passive run),
+`rmia`, and the classic attacks `loss`, `confidence`, `entropy`, `modified_entropy` (each scored on
+the audited model of its own run: the `mint` column says how that model was trained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amint_pl.errors import AmintError, ConfigError
+
+# The published figures (copied from the paper; see experiments/reference/README.md).
+DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[1] / "experiments" / "reference"
+METHOD_ORDER = (
+    "amint",
+    "passive_mint",
+    "rmia",
+    "loss",
+    "confidence",
+    "entropy",
+    "modified_entropy",
+)
+# Our method names -> the paper's (paper_baselines.csv) for the classic attacks.
+PAPER_ATTACKS = {"confidence": "salem_mia", "loss": "yeom_loss_mia", "entropy": "song_entropy_mia"}
+TAP_SETUPS = ("entry", "middle", "output")
+COLUMNS = (
+    "dataset",
+    "model",
+    "taps",
+    "mint_mode",
+    "method",
+    "seed",
+    "status",
+    "mint_acc",
+    "acc_at_0.5",
+    "auc",
+    "tpr_at_1%_fpr",
+    "tpr_at_1%_fpr_meaningful",
+    "strict_auc",
+    "aud_acc",
+    "paper_mint_acc",
+    "paper_aud_acc",
+    "run_dir",
+    "error",
+)
+
+
+def paper_model(name: str) -> str | None:
+    """The paper's name for one of our models (a timm name), or None when the paper has none."""
+    name = name.lower()
+    if name.startswith("mobilenetv1"):
+        return "mobilenet"
+    if name in ("resnet50", "resnet101", "densenet121"):
+        return name
+    if "xception" in name:
+        return "xception"
+    if name.startswith("vit_"):
+        return "vit"
+    return None
+
+
+def _taps_label(taps: Any) -> str:
+    if isinstance(taps, str):
+        return taps
+    if isinstance(taps, Sequence):
+        return "[" + ",".join(str(t) for t in taps) + "]"
+    return "" if taps is None else str(taps)
+
+
+@dataclass
+class PaperFigures:
+    """The paper's Table 1 and its baselines, keyed the way our rows look them up."""
+
+    table1: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
+    baselines: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, directory: Path | None) -> PaperFigures:
+        """Read paper_table1.csv and paper_baselines.csv from a directory (missing: no figures)."""
+        figures = cls()
+        if directory is None:
+            return figures
+        for name, target, key in (
+            ("paper_table1.csv", figures.table1, ("dataset", "setup", "model")),
+            ("paper_baselines.csv", figures.baselines, ("dataset", "model", "method")),
+        ):
+            path = Path(directory) / name
+            if not path.is_file():
+                continue
+            with open(path, newline="") as f:
+                lines = [line for line in f if not line.startswith("#")]
+            for row in csv.DictReader(lines):
+                target[tuple(row[k] for k in key)] = {
+                    k: float(v) for k, v in row.items() if k not in key and _is_number(v)
+                }
+        return figures
+
+    def lookup(
+        self, dataset: str, model: str, taps: str, method: str
+    ) -> tuple[float | None, float | None]:
+        """(the paper's MINT/attack accuracy, the paper's audited accuracy) for one of our rows."""
+        model_name = paper_model(model)
+        if model_name is None:
+            return None, None
+        if method == "amint" and taps in TAP_SETUPS:
+            row = self.table1.get((dataset, taps, model_name))
+            if row is None and taps == "entry":
+                row = self.baselines.get((dataset, model_name, "amint"))
+                if row is not None:
+                    return row.get("mint_acc"), row.get("aud_with")
+            if row is not None:
+                return row.get("mint_acc"), row.get("aud_acc")
+        if method == "passive_mint" and taps == "entry":
+            row = self.baselines.get((dataset, model_name, "passive_mint"))
+            if row is not None:
+                return row.get("mint_acc"), row.get("aud_without")
+        if method in PAPER_ATTACKS:
+            row = self.baselines.get((dataset, model_name, PAPER_ATTACKS[method]))
+            if row is not None:
+                return row.get("mint_acc"), None
+        return None, None
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------- finding runs
+def find_runs(paths: Iterable[Path]) -> list[Path]:
+    """Every run directory below the given paths: those holding results.json or .hydra/."""
+    found: set[Path] = set()
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"{path} does not exist: give a sweep directory or run directories")
+        for candidate in (path / "results.json", *path.rglob("results.json")):
+            if candidate.is_file():
+                found.add(candidate.parent.resolve())
+        for candidate in (path / ".hydra" / "config.yaml", *path.rglob("config.yaml")):
+            if candidate.is_file() and candidate.parent.name == ".hydra":
+                found.add(candidate.parent.parent.resolve())
+    return sorted(found)
+
+
+def _config_of(run_dir: Path) -> dict[str, Any]:
+    """The composed config of an unfinished run (what it was asked to do), best effort."""
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    except Exception:
+        return {}
+    return {
+        "dataset": (cfg.get("dataset") or {}).get("name", ""),
+        "model": (cfg.get("model") or {}).get("name", ""),
+        "taps": _taps_label((cfg.get("mint") or {}).get("taps", "")),
+        "mint_mode": (cfg.get("mint") or {}).get("mode", ""),
+        "seed": cfg.get("seed", ""),
+    }
+
+
+def _method_name(method: str, mint_mode: str) -> str:
+    if method != "mint":
+        return method
+    return {"active": "amint", "passive": "passive_mint"}.get(mint_mode, f"mint_{mint_mode}")
+
+
+def rows_of_run(run_dir: Path, figures: PaperFigures) -> list[dict[str, Any]]:
+    """The table rows of one run: one per method when it completed, one status row otherwise."""
+    path = run_dir / "results.json"
+    base: dict[str, Any] = {"run_dir": str(run_dir)}
+    if not path.exists():
+        return [{**base, **_config_of(run_dir), "status": "unfinished", "error": "no results.json"}]
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        return [{**base, **_config_of(run_dir), "status": "unreadable", "error": f"{path}: {err}"}]
+    base.update(
+        dataset=results.get("dataset", ""),
+        model=results.get("model", ""),
+        taps=_taps_label(results.get("taps")),
+        mint_mode=results.get("mint_mode", ""),
+        seed=results.get("seed", ""),
+        status=results.get("status", "unknown"),
+    )
+    membership = results.get("membership") or {}
+    if base["status"] != "completed" or "paper" not in membership:
+        error = results.get("error") or ("still running" if base["status"] == "running" else "")
+        if base["status"] == "completed":
+            base["status"], error = "incomplete", "no paper-protocol results"
+        return [{**base, "error": error}]
+    audited = (results.get("audited") or {}).get("test_acc")
+    strict = membership.get("strict") or {}
+    rows = []
+    for method, m in membership["paper"].items():
+        name = _method_name(method, base["mint_mode"])
+        paper_acc, paper_aud = figures.lookup(base["dataset"], base["model"], base["taps"], name)
+        rows.append(
+            {
+                **base,
+                "method": name,
+                "mint_acc": m.get("balanced_acc_calibrated"),
+                "acc_at_0.5": m.get("acc_at_0.5"),
+                "auc": m.get("auc"),
+                "tpr_at_1%_fpr": m.get("tpr_at_1%_fpr"),
+                "tpr_at_1%_fpr_meaningful": m.get("tpr_at_1%_fpr_meaningful"),
+                "strict_auc": (strict.get(method) or {}).get("auc"),
+                "aud_acc": audited,
+                "paper_mint_acc": paper_acc,
+                "paper_aud_acc": paper_aud,
+                "error": "",
+            }
+        )
+    return rows
+
+
+def _sort_key(row: Mapping[str, Any]) -> tuple:
+    method = row.get("method") or ""
+    order = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    return (
+        str(row.get("dataset", "")),
+        str(row.get("model", "")),
+        str(row.get("taps", "")),
+        str(row.get("mint_mode", "")),
+        str(row.get("seed", "")),
+        str(row.get("run_dir", "")),
+        order,
+        method,
+    )
+
+
+def aggregate(
+    paths: Sequence[Path], reference_dir: Path | None = DEFAULT_REFERENCE_DIR
+) -> list[dict[str, Any]]:
+    """Rows of every run below the given paths (completed: one per method), sorted.
+
+    Raises:
+        ConfigError: a path does not exist, or no run lies below the paths.
+    """
+    runs = find_runs(paths)
+    if not runs:
+        raise ConfigError(
+            f"no runs below {', '.join(str(p) for p in paths)}: give a sweep directory "
+            "(multirun/...) or run directories (each holds results.json or .hydra/)"
+        )
+    figures = PaperFigures.load(reference_dir)
+    rows = [row for run in runs for row in rows_of_run(run, figures)]
+    return sorted(rows, key=_sort_key)
+
+
+# ------------------------------------------------------------------------------------ writing
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in COLUMNS})
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return value
+
+
+def _fmt(value: Any, meaningful: Any = True) -> str:
+    if value is None or value == "" or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    text = f"{float(value):.3f}"
+    return text if meaningful is not False else f"({text})"
+
+
+def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The table as Markdown: completed runs by method, then failed and unfinished runs."""
+    done = [r for r in rows if r.get("status") == "completed"]
+    other = [r for r in rows if r.get("status") != "completed"]
+    lines = [
+        "| dataset | model | taps | mint | method | MINT acc (cal.) | acc@0.5 | AUC | TPR@1%FPR "
+        "| strict AUC | audited acc | paper MINT acc | paper audited acc |",
+        "|" + "---|" * 5 + "---:|" * 8,
+    ]
+    for r in done:
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    str(r["dataset"]),
+                    str(r["model"]),
+                    str(r["taps"]),
+                    str(r["mint_mode"]),
+                    str(r["method"]),
+                    _fmt(r.get("mint_acc")),
+                    _fmt(r.get("acc_at_0.5")),
+                    _fmt(r.get("auc")),
+                    _fmt(r.get("tpr_at_1%_fpr"), r.get("tpr_at_1%_fpr_meaningful")),
+                    _fmt(r.get("strict_auc")),
+                    _fmt(r.get("aud_acc")),
+                    _fmt(r.get("paper_mint_acc")),
+                    _fmt(r.get("paper_aud_acc")),
+                ]
+            )
+            + " |"
+        )
+    text = [
+        f"## Membership inference: {len({r['run_dir'] for r in done})} completed runs",
+        "",
+        "Paper protocol (members = samples the MINT head was trained on) unless marked strict. "
+        "MINT acc (cal.): balanced accuracy at the threshold calibrated on the calibration sets; "
+        "(x): fewer than 100 non-members, too few to measure 1% FPR. Paper columns: the "
+        "published accuracy (threshold 0.5) for the same data set, model and tap setup.",
+        "",
+        *lines,
+    ]
+    if other:
+        text += [
+            "",
+            f"## Failed or unfinished runs: {len(other)}",
+            "",
+            "| status | dataset | model | taps | mint | run directory | error |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in other:
+            error = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")
+            text.append(
+                f"| {r.get('status', '')} | {r.get('dataset', '')} | {r.get('model', '')} | "
+                f"{_taps_label(r.get('taps', ''))} | {r.get('mint_mode', '')} | {r['run_dir']} | "
+                f"{error} |"
+            )
+    return "\n".join(text) + "\n"
+
+
+def plot_heatmap(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """AUC and TPR at 1% FPR (paper protocol) of every method (columns) of every completed run
+    (rows: data set | model | taps | mint mode | seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    done = [r for r in rows if r.get("status") == "completed"]
+    methods = [m for m in METHOD_ORDER if any(r["method"] == m for r in done)]
+    methods += sorted({r["method"] for r in done} - set(methods))
+    runs = list(dict.fromkeys(r["run_dir"] for r in done))
+    labels = {}
+    for r in done:
+        labels[r["run_dir"]] = (
+            f"{r['dataset']} | {r['model']} | {r['taps']} | mint={r['mint_mode']} | seed {r['seed']}"
+        )
+    fig, axes = plt.subplots(
+        1,
+        2,
+        figsize=(3.5 + 1.4 * max(len(methods), 1), max(3.0, 1.6 + 0.4 * max(len(runs), 1))),
+        squeeze=False,
+    )
+    for ax, (key, title) in zip(
+        axes[0], (("auc", "AUC"), ("tpr_at_1%_fpr", "TPR at 1% FPR")), strict=True
+    ):
+        grid = np.full((len(runs), len(methods)), np.nan)
+        for r in done:
+            value = r.get(key)
+            if value is not None:
+                grid[runs.index(r["run_dir"]), methods.index(r["method"])] = float(value)
+        image = ax.imshow(
+            grid, cmap="viridis", vmin=0.5 if key == "auc" else 0.0, vmax=1.0, aspect="auto"
+        )
+        for i in range(len(runs)):
+            for j in range(len(methods)):
+                if np.isfinite(grid[i, j]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{grid[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if grid[i, j] < (0.75 if key == "auc" else 0.5) else "black",
+                    )
+        ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(runs)), [labels[r] for r in runs], fontsize=7)
+        ax.set_title(f"{title} (paper protocol)", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.04)
+    for ax in axes[0][1:]:
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_outputs(rows: Sequence[Mapping[str, Any]], out: Path) -> str:
+    """Write aggregate.csv, aggregate.md and aggregate_heatmap.png into out; return the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "aggregate.csv", rows)
+    text = markdown(rows)
+    (out / "aggregate.md").write_text(text)
+    if any(r.get("status") == "completed" for r in rows):
+        plot_heatmap(out / "aggregate_heatmap.png", rows)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m amint_pl.aggregate <dirs...> [--out DIR] [--reference DIR]`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m amint_pl.aggregate",
+        description="One table (CSV, Markdown, heatmap) of every run below the given directories, "
+        "the paper's numbers beside ours.",
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="sweep directories or run directories")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write aggregate.{csv,md} and aggregate_heatmap.png "
+        "(default: the one directory given, else the current directory)",
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=DEFAULT_REFERENCE_DIR,
+        help="directory of paper_table1.csv and paper_baselines.csv (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        reference = args.reference
+        if reference != DEFAULT_REFERENCE_DIR and not reference.is_dir():
+            raise ConfigError(f"--reference {reference} is not a directory of the paper's CSVs")
+        rows = aggregate(args.dirs, reference if reference.is_dir() else None)
+        out = args.out or (args.dirs[0] if len(args.dirs) == 1 else Path(os.getcwd()))
+        text = write_outputs(rows, out)
+    except AmintError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(text)
+    written = [out / n for n in ("aggregate.csv", "aggregate.md", "aggregate_heatmap.png")]
+    print("written: " + ", ".join(str(p) for p in written if p.exists()))
+
+
+if __name__ == "__main__":
+    main()

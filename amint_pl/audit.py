@@ -1,0 +1,612 @@
+"""Audit a trained model: was this data used to train it? Scores samples with a checkpoint's MINT head.
+
+    python -m amint_pl.audit checkpoint=<run>/checkpoints/joint/best-epoch=012.ckpt inputs=<images>
+    python -m amint_pl.audit checkpoint=... inputs=photo.png threshold=0.5 output=audit.csv
+    python -m amint_pl.audit checkpoint=... inputs=split:members_seen   # a role of the run's splits
+    python -m amint_pl.audit checkpoint=... inputs=split:all            # reproduces results.json
+
+Settings (key=value):
+    checkpoint  a .ckpt written by an amint_pl run (required). Loaded with weights_only; a file
+                amint_pl did not write, or one changed since, is refused.
+    inputs      an image file, a folder of images (searched recursively), a .npy or .pt uint8
+                tensor (N, C, H, W) or (N, H, W) in the data set's native channels, or
+                split:<role> / split:all: samples of the run's own splits.npz (fingerprint checked).
+    threshold   calibrated (default: the run's threshold, calibrated on its calibration sets),
+                or a probability such as 0.5.
+    protocol    paper (default) or strict: whose calibration sets set the calibrated threshold.
+    output      the CSV to write (never overwritten); default <run dir>/audit/<time>.csv.
+    batch_size  samples per forward pass (default: the run's eval_batch_size).
+    device      auto (default: a GPU when there is one), cpu, cuda, cuda:1, ...
+
+Inputs are preprocessed as the run's training data was: decoded to the data set's native channels,
+resized to dataset.image_size the way its pools were (Pillow for data sets read from image files,
+else `resize_images`), then the model's own `preprocess` (normalisation, channel conversion).
+Each CSV row: the sample, the predicted class, P(member) from the MINT head, and the decision
+(P >= threshold).
+"""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from amint_pl.errors import AmintError, CheckpointError, ConfigError, CorruptDataError, SplitError
+
+if TYPE_CHECKING:
+    from amint_pl.data.benchmarks import Benchmark
+    from amint_pl.data.splits import MembershipSplits
+    from amint_pl.training.module import AMINTModule
+
+SETTINGS = ("checkpoint", "inputs", "threshold", "protocol", "output", "batch_size", "device")
+SPLIT_PREFIX = "split:"
+TENSOR_SUFFIXES = (".npy", ".pt", ".pth")
+
+
+@dataclass
+class AuditRequest:
+    """What `python -m amint_pl.audit key=value ...` asks for."""
+
+    checkpoint: Path
+    inputs: str
+    threshold: str = "calibrated"
+    protocol: str = "paper"
+    output: Path | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+
+
+def parse_args(argv: Sequence[str]) -> AuditRequest:
+    """key=value arguments -> AuditRequest; a wrong one is a ConfigError naming the fix."""
+    given: dict[str, str] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in SETTINGS:
+            raise ConfigError(
+                f"'{arg}' is no audit setting: use key=value with keys {', '.join(SETTINGS)} "
+                "(python -m amint_pl.audit --help)"
+            )
+        given[key] = value
+    for key in ("checkpoint", "inputs"):
+        if not given.get(key):
+            raise ConfigError(
+                f"{key}= is missing: python -m amint_pl.audit checkpoint=<run>/checkpoints/<phase>/"
+                "<file>.ckpt inputs=<image | folder | .npy | .pt | split:<role>>"
+            )
+    threshold = given.get("threshold", "calibrated")
+    if threshold != "calibrated":
+        try:
+            value = float(threshold)
+        except ValueError:
+            value = math.nan
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(
+                f"threshold={threshold}: use calibrated or a probability in [0, 1], e.g. 0.5"
+            )
+    protocol = given.get("protocol", "paper")
+    if protocol not in ("paper", "strict"):
+        raise ConfigError(f"protocol={protocol}: use paper or strict")
+    batch_size = given.get("batch_size")
+    if batch_size is not None and (not batch_size.isdigit() or int(batch_size) < 1):
+        raise ConfigError(f"batch_size={batch_size} must be a positive integer")
+    return AuditRequest(
+        checkpoint=Path(given["checkpoint"]).expanduser(),
+        inputs=given["inputs"],
+        threshold=threshold,
+        protocol=protocol,
+        output=Path(given["output"]).expanduser() if given.get("output") else None,
+        batch_size=int(batch_size) if batch_size else None,
+        device=given.get("device", "auto"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpoint
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only) and check that amint_pl wrote it, unchanged."""
+    import torch
+
+    from amint_pl.validation import check_checkpoint
+
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: give a .ckpt from a run's checkpoints/<phase>/"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a checkpoint amint_pl wrote (it does not load as plain weights: "
+            f"{reason}): use a checkpoint from an amint_pl run's checkpoints/ folder"
+        ) from err
+    check_checkpoint(checkpoint, path)
+    return checkpoint
+
+
+def build_module(checkpoint: dict[str, Any], path: Path, device: str) -> AMINTModule:
+    """The AMINTModule the checkpoint holds, in eval mode on `device`."""
+    from amint_pl.training.module import AMINTModule
+
+    module = AMINTModule(**checkpoint["hyper_parameters"])
+    phase = checkpoint["amint_phase"]
+    if module.mint_head is None:
+        raise ConfigError(
+            f"{path} has no MINT head (its run used mint=off): audit a run trained with "
+            "mint=active or mint=passive"
+        )
+    if phase == "audited":
+        raise ConfigError(
+            f"{path} is from the audited-model phase of a passive run, before its MINT head was "
+            "trained: audit a checkpoint from checkpoints/mint_head/"
+        )
+    module.set_phase(phase)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.to(device).eval()
+
+
+def run_dir_of(checkpoint_path: Path) -> Path | None:
+    """The run directory a checkpoint lives in (the nearest folder above it with splits.npz)."""
+    for folder in list(checkpoint_path.resolve().parents)[:4]:
+        if (folder / "splits.npz").is_file():
+            return folder
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs -> uint8 images in the data set's native channels and the training size
+
+
+@dataclass
+class Samples:
+    """Images to score (uint8 (N, C, S, S)) and one CSV description per image."""
+
+    images: np.ndarray
+    rows: list[dict[str, Any]]
+    catalogue: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # pool, index, role code
+
+
+def _pools_are_image_files(dataset_name: str) -> bool:
+    """Whether the data set's reader hands back image files (decoded and resized by Pillow,
+    `decode_image`) rather than arrays (resized by `resize_images`): read from its signature."""
+    from amint_pl.data.benchmarks import READERS
+
+    reader = READERS.get(dataset_name)
+    return reader is not None and "ImageFiles" in str(inspect.signature(reader).return_annotation)
+
+
+def _decode_native(path: Path, channels: int) -> np.ndarray:
+    """One image file at its own size -> uint8 (channels, H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CorruptDataError(f"{path} is not a readable image ({reason}): remove it") from err
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def read_image_files(
+    paths: Sequence[Path], channels: int, size: int, dataset_name: str
+) -> np.ndarray:
+    """Image files -> uint8 (N, channels, size, size), decoded and resized as the pools were."""
+    from amint_pl.data.benchmarks import resize_images
+    from amint_pl.data.cache import decode_image
+
+    if _pools_are_image_files(dataset_name):
+        return np.stack([decode_image(p, channels, size) for p in paths])
+    return np.concatenate([resize_images(_decode_native(p, channels)[None], size) for p in paths])
+
+
+def read_tensor_file(path: Path, channels: int, size: int) -> np.ndarray:
+    """A .npy / .pt uint8 tensor (N, C, H, W), or (N, H, W) for 1 channel -> (N, C, size, size)."""
+    import torch
+
+    from amint_pl.data.benchmarks import resize_images
+
+    try:
+        if path.suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        else:
+            tensor = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"it holds a {type(tensor).__name__}, not a tensor")
+            array = tensor.numpy()
+    except (OSError, ValueError, RuntimeError, EOFError) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise CorruptDataError(f"{path} is not a readable tensor file ({reason})") from err
+    if array.dtype != np.uint8:
+        raise ConfigError(
+            f"{path} holds {array.dtype}, not uint8 images: save the raw pixels (0..255) as uint8, "
+            "e.g. (x * 255).round().astype(np.uint8)"
+        )
+    if array.ndim == 3 and channels == 1:
+        array = array[:, None]
+    if array.ndim != 4 or array.shape[1] != channels:
+        raise ConfigError(
+            f"{path} has shape {tuple(array.shape)}: give (N, {channels}, H, W) uint8 images, "
+            f"in the {channels} native channel(s) of the model's data set"
+        )
+    return resize_images(np.ascontiguousarray(array), size)
+
+
+def read_inputs(inputs: str, hparams: dict[str, Any]) -> Samples:
+    """Image file, folder or tensor file -> Samples (not split:..., see `read_split`)."""
+    from amint_pl.data.readers import is_image, list_images
+
+    dataset = hparams["config"]["dataset"]
+    channels, size = int(hparams["native_channels"]), int(dataset["image_size"])
+    path = Path(inputs).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"inputs={inputs} does not exist: give an image, a folder of images, a .npy or .pt "
+            "tensor, or split:<role>"
+        )
+    if path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
+        images = read_tensor_file(path, channels, size)
+        rows = [{"sample": f"{path}[{i}]"} for i in range(len(images))]
+        return Samples(images, rows)
+    if path.is_dir():
+        files = [Path(p) for p in list_images(path)]
+        if not files:
+            raise ConfigError(f"inputs={inputs}: the folder holds no images (.png, .jpg, ...)")
+    elif is_image(path.name):
+        files = [path]
+    else:
+        raise ConfigError(
+            f"inputs={inputs}: not an image (.png, .jpg, ...), a folder, a .npy or .pt tensor, "
+            "or split:<role>"
+        )
+    images = read_image_files(files, channels, size, str(dataset["name"]))
+    return Samples(images, [{"sample": str(f)} for f in files])
+
+
+def load_run_splits(
+    run_dir: Path | None, checkpoint: dict[str, Any], checkpoint_path: Path
+) -> tuple[MembershipSplits, Benchmark]:
+    """The run's splits.npz (every role's fingerprint checked) and its benchmark."""
+    from amint_pl.data.benchmarks import benchmark_from_config
+    from amint_pl.data.splits import MembershipSplits
+
+    if run_dir is None:
+        raise ConfigError(
+            f"{checkpoint_path} is not inside its run directory (no splits.npz above it): keep the "
+            "checkpoint in <run>/checkpoints/, or give threshold=<probability> and image inputs"
+        )
+    splits = MembershipSplits.load(run_dir / "splits.npz")
+    if splits.fingerprint() != checkpoint.get("amint_split_fingerprint"):
+        raise SplitError(
+            f"{run_dir / 'splits.npz'} is not the split {checkpoint_path} was trained on (the "
+            "fingerprints differ): audit the checkpoint inside its own run directory"
+        )
+    benchmark = benchmark_from_config(checkpoint["hyper_parameters"]["config"]["dataset"])
+    sizes = {"train": len(benchmark.train), "test": len(benchmark.test)}
+    if splits.pool_sizes and splits.pool_sizes != sizes:
+        raise SplitError(
+            f"the data set now has pools {sizes}, the run had {splits.pool_sizes}: point "
+            "dataset.root at the data the run used"
+        )
+    return splits, benchmark
+
+
+def read_split(roles: Sequence[str], splits: MembershipSplits, benchmark: Benchmark) -> Samples:
+    """The samples of some roles of the run's splits, in the order the run scored them."""
+    from amint_pl.data.datamodule import POOL_NAMES, ROLE_NAMES, catalogue
+
+    pool_id, index, role = catalogue(splits, roles)
+    pools = (benchmark.train, benchmark.test)
+    images = np.empty((len(index), *benchmark.train.images.shape[1:]), dtype=np.uint8)
+    labels = np.empty(len(index), dtype=np.int64)
+    for p, pool in enumerate(pools):
+        rows = np.flatnonzero(pool_id == p)
+        images[rows] = pool.images[index[rows]]
+        labels[rows] = pool.labels[index[rows]]
+    rows = [
+        {
+            "sample": f"{POOL_NAMES[p]}:{i}",
+            "pool": POOL_NAMES[p],
+            "index": int(i),
+            "role": ROLE_NAMES[r],
+            "label": int(y),
+        }
+        for p, i, r, y in zip(
+            pool_id.tolist(), index.tolist(), role.tolist(), labels.tolist(), strict=True
+        )
+    ]
+    return Samples(images, rows, (pool_id, index, role))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score(
+    module: AMINTModule, images: np.ndarray, batch_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(class logits float32 (N, K), MINT logits float32 (N,)) of uint8 images, through the
+    module's own preprocessing, in batches."""
+    import torch
+
+    device = next(module.parameters()).device
+    logits, mint_logits = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+            inputs = module.on_after_batch_transfer({"images": batch.to(device)}, 0)["inputs"]
+            out, mint = module(inputs)
+            logits.append(out.float().cpu())
+            mint_logits.append(mint.float().cpu())
+    return torch.cat(logits).numpy(), torch.cat(mint_logits).numpy()
+
+
+def membership_probability(mint_logits: np.ndarray) -> np.ndarray:
+    """P(member) as the run's report computes it (sigmoid in float64)."""
+    import torch
+
+    return torch.sigmoid(torch.from_numpy(mint_logits).double()).numpy()
+
+
+def _final_phase_checkpoint(results: dict[str, Any], run_dir: Path) -> Path | None:
+    best = results.get("best_checkpoints") or {}
+    return (run_dir / list(best.values())[-1]).resolve() if best else None
+
+
+def calibrated_threshold(
+    request: AuditRequest, checkpoint: dict[str, Any], module: AMINTModule, run_dir: Path | None
+) -> tuple[float, str]:
+    """The P(member) threshold of the run's calibration sets: from results.json when it scored
+    this very checkpoint, else calibrated now on the run's calibration sets."""
+    from amint_pl.data.splits import PROTOCOLS
+    from amint_pl.evaluation.metrics import calibrate_threshold
+
+    results_path = run_dir / "results.json" if run_dir else None
+    if results_path is not None and results_path.is_file():
+        results = json.loads(results_path.read_text())
+        mint = (results.get("membership") or {}).get(request.protocol, {}).get("mint") or {}
+        scored = _final_phase_checkpoint(results, run_dir)
+        if scored == request.checkpoint.resolve() and mint.get("threshold_calibrated") is not None:
+            threshold = float(mint["threshold_calibrated"])
+            return threshold, f"calibrated, {request.protocol} protocol, from results.json"
+    try:
+        splits, benchmark = load_run_splits(run_dir, checkpoint, request.checkpoint)
+    except AmintError as err:
+        raise ConfigError(
+            f"threshold=calibrated needs the run's calibration data ({err}); or give threshold=0.5"
+        ) from err
+    role = f"{PROTOCOLS[request.protocol]}_calib"
+    samples = read_split((role, "nonmembers_calib"), splits, benchmark)
+    batch = request.batch_size or int(checkpoint["hyper_parameters"]["config"]["eval_batch_size"])
+    probability = membership_probability(score(module, samples.images, batch)[1])
+    is_member = np.array([r["role"] == role for r in samples.rows])
+    if not is_member.any():
+        raise ConfigError(f"the run has no {role} samples: use protocol=paper or threshold=0.5")
+    threshold = calibrate_threshold(probability[is_member], probability[~is_member])
+    return float(threshold), f"calibrated now on the {request.protocol} protocol's calibration sets"
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def default_output(checkpoint_path: Path, run_dir: Path | None) -> Path:
+    folder = (run_dir or checkpoint_path.resolve().parent) / "audit"
+    return folder / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{os.getpid()}.csv"
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write rows to a new CSV file; an existing file is never overwritten."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        file = open(path, "x", newline="")
+    except FileExistsError as err:
+        raise ConfigError(
+            f"output={path} exists: audit never overwrites a file; give a new output= path"
+        ) from err
+    with file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def compare_with_results(membership: dict[str, Any], results_path: Path) -> tuple[float, list[str]]:
+    """The largest difference between re-scored metrics and results.json's, and where they differ."""
+    reported = json.loads(results_path.read_text()).get("membership", {})
+    largest, differing = 0.0, []
+    for protocol, methods in membership.items():
+        for method, metrics in methods.items():
+            for key, value in metrics.items():
+                old = reported.get(protocol, {}).get(method, {}).get(key)
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    continue
+                diff = abs(float(value) - float(old)) if isinstance(old, int | float) else math.inf
+                largest = max(largest, diff)
+                if diff > 1e-9:
+                    differing.append(f"{protocol}/{method}/{key}: {old} -> {value}")
+    return largest, differing
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def audit(request: AuditRequest) -> dict[str, Any]:
+    """Score the inputs with the checkpoint's MINT head; write the CSV; return the summary."""
+    if request.output is not None and request.output.exists():
+        raise ConfigError(
+            f"output={request.output} exists: audit never overwrites a file; give a new output= path"
+        )
+    import torch
+
+    from amint_pl.data.splits import CALIB_SLICES, ROLES
+
+    device = request.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    checkpoint = load_checkpoint(request.checkpoint)
+    hparams = checkpoint["hyper_parameters"]
+    config = hparams["config"]
+    try:
+        module = build_module(checkpoint, request.checkpoint, device)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"device={request.device} cannot be used ({err}): use device=cpu"
+        ) from err
+    run_dir = run_dir_of(request.checkpoint)
+    batch_size = request.batch_size or int(config["eval_batch_size"])
+
+    split_role = (
+        request.inputs[len(SPLIT_PREFIX) :] if request.inputs.startswith(SPLIT_PREFIX) else None
+    )
+    splits = None
+    if split_role is not None:
+        known = (*ROLES, *CALIB_SLICES)
+        if split_role not in (*known, "all"):
+            raise ConfigError(f"inputs={request.inputs}: use split:<{' | '.join(known)} | all>")
+        splits, benchmark = load_run_splits(run_dir, checkpoint, request.checkpoint)
+        from amint_pl.data.datamodule import SCORED_ROLES
+
+        samples = read_split(
+            SCORED_ROLES if split_role == "all" else (split_role,), splits, benchmark
+        )
+    else:
+        samples = read_inputs(request.inputs, hparams)
+
+    logits, mint_logits = score(module, samples.images, batch_size)
+    probability = membership_probability(mint_logits)
+    if request.threshold == "calibrated":
+        threshold, source = calibrated_threshold(request, checkpoint, module, run_dir)
+    else:
+        threshold, source = float(request.threshold), "given"
+    member = probability >= threshold
+    prediction = logits.argmax(1)
+    rows = [
+        {
+            **row,
+            "prediction": int(prediction[i]),
+            "membership_probability": float(probability[i]),
+            "member": int(member[i]),
+        }
+        for i, row in enumerate(samples.rows)
+    ]
+    output = request.output or default_output(request.checkpoint, run_dir)
+    write_csv(output, rows)
+
+    summary: dict[str, Any] = {
+        "checkpoint": str(request.checkpoint),
+        "inputs": request.inputs,
+        "n_samples": len(rows),
+        "threshold": threshold,
+        "threshold_source": source,
+        "n_members": int(member.sum()),
+        "mean_membership_probability": float(probability.mean()),
+        "csv": str(output),
+    }
+    print(f"audit: {len(rows)} sample(s) from {request.inputs}")
+    print(
+        f"model: {config['dataset']['name']} | {config['model']['name']} | "
+        f"mint={config['mint']['mode']} | phase {checkpoint['amint_phase']} | epoch "
+        f"{checkpoint.get('epoch')} (amint_pl {checkpoint.get('amint_pl_version')})"
+    )
+    print(
+        f"preprocessed as in training: {hparams['native_channels']} channel(s), "
+        f"{config['dataset']['image_size']}x{config['dataset']['image_size']} px, the run's "
+        "normalisation"
+    )
+    print(f"threshold: {threshold:.6g} ({source})")
+    print(
+        f"members (P(member) >= threshold): {summary['n_members']} of {len(rows)}; "
+        f"mean P(member) {summary['mean_membership_probability']:.4f}"
+    )
+    if split_role == "all":
+        summary.update(
+            _reproduce_run(samples, logits, mint_logits, splits, checkpoint, request, run_dir)
+        )
+    print(f"csv: {output}")
+    return summary
+
+
+def _reproduce_run(samples, logits, mint_logits, splits, checkpoint, request, run_dir) -> dict:
+    """split:all: every metric of the run, recomputed; compared with results.json."""
+    import torch
+
+    from amint_pl.evaluation.report import (
+        audited_accuracy,
+        membership_results,
+        print_table,
+        scored_samples,
+    )
+
+    pool_id, index, role = samples.catalogue
+    labels = torch.as_tensor([r["label"] for r in samples.rows])
+    predictions = [
+        {
+            "index": torch.as_tensor(index),
+            "pool": torch.as_tensor(pool_id),
+            "role": torch.as_tensor(role),
+            "labels": labels,
+            "logits": torch.from_numpy(logits),
+            "mint_logits": torch.from_numpy(mint_logits),
+        }
+    ]
+    scored = scored_samples(predictions)
+    membership = membership_results(scored, splits)
+    config = checkpoint["hyper_parameters"]["config"]
+    print_table(
+        {
+            "dataset": config["dataset"]["name"],
+            "model": config["model"]["name"],
+            "mint_mode": config["mint"]["mode"],
+            "audited": audited_accuracy(scored),
+            "membership": membership,
+        }
+    )
+    out: dict[str, Any] = {"membership": membership}
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        return out
+    results = json.loads(results_path.read_text())
+    if _final_phase_checkpoint(results, run_dir) != request.checkpoint.resolve():
+        print(
+            "results.json scored another checkpoint "
+            f"({list((results.get('best_checkpoints') or {'-': '-'}).values())[-1]}): not compared"
+        )
+        return out
+    largest, differing = compare_with_results(membership, results_path)
+    out["largest_difference_from_results"] = largest
+    if differing:
+        print(f"differs from results.json in {len(differing)} value(s): {'; '.join(differing[:5])}")
+    else:
+        print(f"reproduces results.json: every metric of every method within {largest:.1e}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m amint_pl.audit checkpoint=<ckpt> inputs=<...> [threshold=...] [output=...]`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        audit(parse_args(argv))
+    except AmintError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

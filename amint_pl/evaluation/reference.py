@@ -1,0 +1,403 @@
+"""The reference-model attack: offline RMIA (Zarifzadeh et al., "Low-Cost High-Power Membership
+Inference Attacks", ICML 2024). Opt-in: `attack.reference=true`.
+
+Reference models: K copies of the audited network trained with the target's recipe as `mint=off`
+trains it (same model config, optimiser, epochs, batch size, early stopping on `val/aud_acc`) on
+random halves of the population data. The population data is the external pool E (never the
+members), less a held-out slice Z (`attack.population_fraction`) that serves as RMIA's
+population samples z. Halves come in complementary pairs. No reference model sees a member of the
+target, a test-pool sample or a z: every scored sample and every z is OUT for every reference
+model, which is RMIA's offline setting.
+
+Score of a sample x under the target model θ (higher = member):
+
+    Pr(x|θ)   softmax probability of x's true label at temperature T: softmax(logits / T)[y]
+              (T = 2, the RMIA authors' CIFAR-10 setting, keeps confident models' probabilities
+              apart from 1)
+    Pr(x)   = ((1 + a) * mean_k Pr(x|θ_k) + (1 - a)) / 2    (offline estimate of the IN/OUT mean)
+    LR(x,z) = (Pr(x|θ) / Pr(x)) / (Pr(z|θ) / Pr(z))
+    score   = share of z in Z with LR(x, z) > gamma
+
+Reference models are cached as `<run dir>/reference_models/ref<k>.ckpt` (or under
+`attack.reference_dir`, which several runs may share) with the fingerprint of their training half
+and a digest of their recipe, and reused when both match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from amint_pl.data.datamodule import POOL_NAMES, ROLE_CODES
+from amint_pl.data.splits import MembershipSplits, fingerprint
+from amint_pl.errors import CheckpointError, ConfigError
+from amint_pl.evaluation.attacks import loss_score
+
+log = logging.getLogger(__name__)
+
+METHOD = "rmia"
+CACHE_FORMAT = "amint_pl reference model v1"
+# The recipe of a reference model: what its weights depend on besides its training half.
+# (Paths, the device and the loggers are left out: a cache moves between machines.)
+RECIPE_KEYS = ("model", "optim", "batch_size", "early_stopping_patience")
+DATASET_KEYS_IGNORED = ("root", "cache_dir", "download", "on_device")
+
+
+# ------------------------------------------------------------------------------------ the score
+def check_rmia_settings(offline_a: float, gamma: float) -> None:
+    """Raise ConfigError unless 0 <= offline_a < 1 and gamma > 0."""
+    if not 0.0 <= offline_a < 1.0:
+        raise ConfigError(f"attack.offline_a={offline_a} must lie in [0, 1)")
+    if gamma <= 0:
+        raise ConfigError(f"attack.gamma={gamma} must be positive")
+
+
+def rmia_scores(
+    target_x: np.ndarray,
+    reference_x: np.ndarray,
+    target_z: np.ndarray,
+    reference_z: np.ndarray,
+    offline_a: float,
+    gamma: float,
+) -> np.ndarray:
+    """Offline RMIA score of each sample x.
+
+    Args:
+        target_x: (N,) Pr(x|θ), the target model's probability of each x's true label.
+        reference_x: (N, K) the same under each reference model (all OUT for x).
+        target_z: (M,) Pr(z|θ) of the population samples.
+        reference_z: (M, K) the same under each reference model (all OUT for z).
+        offline_a: the offline scaling a in [0, 1).
+        gamma: the likelihood-ratio threshold (> 0).
+
+    Returns:
+        (N,) share of population samples z with LR(x, z) > gamma, in [0, 1].
+    """
+    check_rmia_settings(offline_a, gamma)
+    target_x, target_z = np.asarray(target_x, float), np.asarray(target_z, float)
+    reference_x = np.asarray(reference_x, float).reshape(len(target_x), -1)
+    reference_z = np.asarray(reference_z, float).reshape(len(target_z), -1)
+    if len(target_z) == 0:
+        raise ValueError("RMIA needs population samples z")
+
+    def ratio(target: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        marginal = 0.5 * ((1.0 + offline_a) * reference.mean(axis=1) + (1.0 - offline_a))
+        return target / marginal
+
+    ratio_x, ratio_z = ratio(target_x, reference_x), np.sort(ratio(target_z, reference_z))
+    # LR(x, z) > gamma  <=>  ratio_z < ratio_x / gamma (ratios are positive): count by bisection.
+    return np.searchsorted(ratio_z, ratio_x / gamma, side="left") / len(ratio_z)
+
+
+# ----------------------------------------------------------------------------- the data roles
+def reference_roles(
+    external: np.ndarray, k_models: int, population_fraction: float, seed: int
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Split the external pool into RMIA's population samples Z and K training halves.
+
+    Returns:
+        (Z, [(training half of reference model k, the other half), ...]); reference models 2p and
+        2p + 1 train on complementary halves of the same random permutation.
+    """
+    if k_models < 1:
+        raise ConfigError(f"attack.reference_models={k_models}: train at least 1 reference model")
+    if not 0.0 < population_fraction < 1.0:
+        raise ConfigError(f"attack.population_fraction={population_fraction} must lie in (0, 1)")
+    external = np.sort(np.asarray(external, dtype=np.int64))
+    rng = np.random.default_rng([seed, 0x524D4941])  # "RMIA"
+    order = rng.permutation(external)
+    n_population = max(1, int(round(len(external) * population_fraction)))
+    population, rest = np.sort(order[:n_population]), order[n_population:]
+    if len(rest) < 4:
+        raise ConfigError(
+            f"the external pool ({len(external)}) leaves {len(rest)} samples to train reference "
+            "models on: raise dataset.splits.external or lower attack.population_fraction"
+        )
+    halves = []
+    for k in range(k_models):
+        pair = np.random.default_rng([seed, 0x524D4941, k // 2]).permutation(rest)
+        first, second = np.sort(pair[: len(rest) // 2]), np.sort(pair[len(rest) // 2 :])
+        halves.append((first, second) if k % 2 == 0 else (second, first))
+    return population, halves
+
+
+def reference_splits(
+    splits: MembershipSplits, half: np.ndarray, other: np.ndarray
+) -> MembershipSplits:
+    """The roles a reference model trains with: members = its half of the population data (a slice
+    of it for validation), the other half only fills the external side of the batches (the
+    audited phase never trains on it), the target's calibration non-members for model selection."""
+    n_calib = max(1, int(round(len(half) * 0.1)))
+    empty = np.zeros(0, dtype=np.int64)
+    return MembershipSplits(
+        {
+            "members_seen": half,
+            "members_unseen": empty,
+            "external": other,
+            "nonmembers_calib": splits["nonmembers_calib"],
+            "nonmembers_eval": empty,
+            "members_seen_calib": half[:n_calib],
+            "members_unseen_calib": empty,
+        },
+        splits.seed,
+        dict(splits.pool_sizes),
+    )
+
+
+def reference_config(cfg: DictConfig) -> DictConfig:
+    """The run config as `mint=off` trains it: the reference models' recipe."""
+    ref = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    ref.mint.mode = "off"
+    ref.mint.monitor = "val/aud_acc"
+    ref.mint.monitor_mode = "max"
+    return ref
+
+
+def recipe_digest(cfg: DictConfig) -> str:
+    """SHA-256 of what a reference model's weights depend on besides its data: the data set's
+    settings, the model, the optimiser, the batch size, the epochs and early stopping."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    recipe = {key: data.get(key) for key in RECIPE_KEYS}
+    recipe["dataset"] = {k: v for k, v in data["dataset"].items() if k not in DATASET_KEYS_IGNORED}
+    recipe["max_epochs"] = data["trainer"].get("max_epochs")
+    text = OmegaConf.to_yaml(OmegaConf.create(recipe), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- training, caching
+def _keys(pool: np.ndarray, role: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return (
+        pool.astype(np.int64) * (1 << 40)
+        + role.astype(np.int64) * (1 << 32)
+        + index.astype(np.int64)
+    )
+
+
+def _model_outputs(
+    predictions: list[Mapping[str, torch.Tensor]], row_keys: np.ndarray, temperature: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(Pr(x|θ) at the temperature, whether θ classifies x right) of every scored row, in
+    row_keys' order."""
+    cat = {k: torch.cat([p[k].detach().cpu() for p in predictions]) for k in predictions[0]}
+    keys = _keys(cat["pool"].numpy(), cat["role"].numpy(), cat["index"].numpy())
+    probability = loss_score(cat["logits"].double() / temperature, cat["labels"]).exp().numpy()
+    correct = (cat["logits"].argmax(1) == cat["labels"]).numpy()
+    order = np.argsort(keys, kind="stable")
+    pos = np.searchsorted(keys[order], row_keys)
+    if len(row_keys) and (pos.max() >= len(keys) or (keys[order][pos] != row_keys).any()):
+        raise ValueError("a reference model did not score every sample")
+    return probability[order][pos], correct[order][pos]
+
+
+def _load_cached(path: Path, members_fingerprint: str, digest: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        ok = cached.get("format") == CACHE_FORMAT
+    except Exception as err:  # a partial or foreign file
+        raise CheckpointError(
+            f"{path} is not a readable reference model ({type(err).__name__}): delete it to retrain"
+        ) from err
+    if not ok or cached.get("members_fingerprint") != members_fingerprint:
+        raise CheckpointError(
+            f"{path} was trained on other data (another seed or split): delete it, or point "
+            "attack.reference_dir elsewhere, to retrain"
+        )
+    if cached.get("recipe_digest") != digest:
+        raise CheckpointError(
+            f"{path} was trained with another recipe (model, optimiser, epochs, batch size or "
+            "data set settings): delete it, or point attack.reference_dir elsewhere, to retrain"
+        )
+    return cached
+
+
+def _cache_dir(cfg: DictConfig, run_dir: Path) -> Path:
+    reference_dir = cfg.attack.get("reference_dir")
+    return Path(reference_dir).resolve() if reference_dir else run_dir / "reference_models"
+
+
+def check_reference_attack(
+    cfg: DictConfig, splits: MembershipSplits, run_dir: Path
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """Check the `attack` settings and any cached reference models before anything trains.
+
+    Returns:
+        (RMIA's population samples Z, the training halves), as `reference_roles` draws them.
+
+    Raises:
+        ConfigError: a bad setting, or an external pool too small to draw from.
+        CheckpointError: a cached reference model of other data or another recipe.
+    """
+    attack = cfg.attack
+    check_rmia_settings(float(attack.offline_a), float(attack.gamma))
+    if float(attack.temperature) <= 0:
+        raise ConfigError(f"attack.temperature={attack.temperature} must be positive")
+    population, halves = reference_roles(
+        splits["external"],
+        int(attack.reference_models),
+        float(attack.population_fraction),
+        int(cfg.seed),
+    )
+    digest = recipe_digest(reference_config(cfg))
+    for k, (half, _) in enumerate(halves):
+        _load_cached(_cache_dir(cfg, run_dir) / f"ref{k}.ckpt", fingerprint(half), digest)
+    return population, halves
+
+
+def reference_attack(
+    cfg: DictConfig,
+    benchmark: Any,
+    splits: MembershipSplits,
+    samples: Any,
+    target: Any,
+    run_dir: Path,
+    make_trainer: Callable[[DictConfig, Path], Any],
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Train (or reuse) the reference models and score every scored sample with offline RMIA.
+
+    Args:
+        cfg: the run config (its `attack` node: reference_models, population_fraction, offline_a,
+            gamma, reference_dir).
+        benchmark: the data set's pools.
+        splits: the target's membership splits.
+        samples: the target's ScoredSamples (their rows are the rows scored).
+        target: the trained target model (an AMINTModule).
+        run_dir: the run directory (the default cache: run_dir/reference_models).
+        make_trainer: (reference config, root dir) -> a Lightning Trainer with the run's recipe.
+
+    Returns:
+        (the RMIA score of each row of samples, a summary for results.json).
+    """
+    import lightning as L
+
+    from amint_pl.data.datamodule import MembershipDataModule
+    from amint_pl.distributed import gather_predictions
+    from amint_pl.training.module import AMINTModule
+
+    attack = cfg.attack
+    k_models = int(attack.reference_models)
+    seed = int(cfg.seed)
+    population, halves = check_reference_attack(cfg, splits, run_dir)
+    cache_dir = _cache_dir(cfg, run_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    ref_cfg = reference_config(cfg)
+    digest = recipe_digest(ref_cfg)
+    on_device = bool(cfg.dataset.get("on_device", False))
+    scored = MembershipDataModule(
+        benchmark, splits, int(cfg.batch_size), int(cfg.eval_batch_size), seed, on_device=on_device
+    )
+    pool_code = {name: i for i, name in enumerate(POOL_NAMES)}
+    row_keys = _keys(
+        np.array([pool_code[p] for p in samples.pool]),
+        np.array([ROLE_CODES[r] for r in samples.role]),
+        samples.index,
+    )
+    temperature = float(attack.temperature)
+
+    def outputs(trainer: Any, model: Any) -> tuple[np.ndarray, np.ndarray]:
+        # Under DDP each rank scores its shard: every rank gets them all.
+        predictions = gather_predictions(trainer.predict(model, datamodule=scored))
+        return _model_outputs(predictions, row_keys, temperature)
+
+    started = time.time()
+    reference_probability, reused, test_acc = [], [], []
+    eval_rows = samples.role == "nonmembers_eval"
+    for k, (half, other) in enumerate(halves):
+        path = cache_dir / f"ref{k}.ckpt"
+        members_fingerprint = fingerprint(half)
+        ref_splits = reference_splits(splits, half, other)
+        ref_seed = int(np.random.default_rng([seed, k]).integers(2**31 - 1))
+        L.seed_everything(ref_seed, workers=True, verbose=False)
+        module = AMINTModule(
+            OmegaConf.to_container(ref_cfg, resolve=True),
+            num_classes=benchmark.num_classes,
+            native_channels=benchmark.channels,
+            mean=benchmark.mean,
+            std=benchmark.std,
+            protocols=("paper",),
+            split_fingerprint=ref_splits.fingerprint(),
+        )
+        module.membership_curves.plot_name = None
+        work_dir = cache_dir / f"ref{k}.work"
+        trainer = make_trainer(ref_cfg, work_dir)
+        cached = _load_cached(path, members_fingerprint, digest)
+        if cached is not None:
+            log.info("reference model %d/%d: reusing %s", k + 1, k_models, path)
+            module.load_state_dict(cached["state_dict"])
+        else:
+            log.info(
+                "reference model %d/%d: training on %d population samples (mint=off recipe) -> %s",
+                k + 1,
+                k_models,
+                len(half),
+                path,
+            )
+            datamodule = MembershipDataModule(
+                benchmark,
+                ref_splits,
+                int(cfg.batch_size),
+                int(cfg.eval_batch_size),
+                ref_seed,
+                on_device=on_device,
+            )
+            trainer.fit(module, datamodule=datamodule)
+            best = (
+                trainer.checkpoint_callback.best_model_path
+                or trainer.checkpoint_callback.last_model_path
+            )
+            if best:
+                state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+                module.load_state_dict(state)
+            if trainer.is_global_zero:
+                tmp = path.with_suffix(".ckpt.tmp")
+                torch.save(
+                    {
+                        "format": CACHE_FORMAT,
+                        "state_dict": module.state_dict(),
+                        "members_fingerprint": members_fingerprint,
+                        "recipe_digest": digest,
+                        "seed": ref_seed,
+                    },
+                    tmp,
+                )
+                tmp.replace(path)  # atomic: runs sharing the folder never read half a file
+                shutil.rmtree(work_dir, ignore_errors=True)
+        reused.append(cached is not None)
+        probability, correct = outputs(trainer, module)
+        reference_probability.append(probability)
+        test_acc.append(float(correct[eval_rows].mean()) if eval_rows.any() else float("nan"))
+    reference_x = np.stack(reference_probability, axis=1)
+    target_x, _ = outputs(trainer, target)
+    z_rows = np.flatnonzero((samples.role == "external") & np.isin(samples.index, population))
+    scores = rmia_scores(
+        target_x,
+        reference_x,
+        target_x[z_rows],
+        reference_x[z_rows],
+        float(attack.offline_a),
+        float(attack.gamma),
+    )
+    summary = {
+        "method": METHOD,
+        "reference_models": k_models,
+        "reused": int(sum(reused)),
+        "population": len(z_rows),
+        "training_half": len(halves[0][0]),
+        "temperature": temperature,
+        "offline_a": float(attack.offline_a),
+        "gamma": float(attack.gamma),
+        "reference_dir": str(cache_dir),
+        "reference_test_acc": test_acc,
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    return scores, summary

@@ -1,0 +1,116 @@
+"""`experiments/bench.py --quick`: every comparison runs and the results file carries its ratios.
+
+Timings on a shared CPU are noise at these sizes, so only the shape of the results is asserted:
+the ratios exist and are finite and positive, and the two sides of (a) did identical work.
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from amint_pl.data.datamodule import MembershipDataModule
+from amint_pl.errors import ConfigError
+from amint_pl.training.module import AMINTModule, compile_mode
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "experiments"))
+import bench  # noqa: E402  (experiments/ is no package)
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "experiments" / "bench.py"),
+            "--quick",
+            "--threads",
+            "1",
+            "--machine",
+            "smoke",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, json.loads((out / "bench-smoke.json").read_text())
+
+
+def _ratio(value):
+    assert isinstance(value, float) and math.isfinite(value) and value > 0, value
+    return value
+
+
+def test_quick_bench_reports_every_ratio(quick_bench):
+    _, results = quick_bench
+    model = results["models"]["small_cnn"]
+    _ratio(model["lightning_vs_raw"]["ratio"])
+    assert model["lightning_vs_raw"]["target"] == 0.9
+    _ratio(model["active_vs_off"]["ratio"])
+    _ratio(model["active_vs_off"]["epoch_time_ratio"])
+    for kind in ("plain", "augmented"):
+        _ratio(results["pipeline"][kind]["ratio"])
+        assert set(results["pipeline"][kind]["ratios"]) == {"ours_vs_torchvision_workers0"}
+    assert results["pipeline"]["target"] == 3.0
+
+
+def test_lightning_and_raw_loop_do_identical_work(quick_bench):
+    # Same weights, batches and loss: the last losses of both sides agree.
+    _, results = quick_bench
+    check = results["models"]["small_cnn"]["lightning_vs_raw"]
+    assert check["same_work"] and check["last_loss_rel_diff"] < 1e-3
+
+
+def test_quick_bench_records_memory_scaling_and_the_machine(quick_bench):
+    out, results = quick_bench
+    lightning = results["models"]["small_cnn"]["lightning_vs_raw"]["lightning"]
+    assert lightning["peak_rss_mib"] > 0
+    sizes = [row["training_samples"] for row in results["scaling"]["samples"]]
+    assert sizes == [64, 128]
+    assert [row["taps"] for row in results["scaling"]["taps"]] == [[0], [0, 1]]
+    assert results["machine"]["torch_threads"] == 1 and results["gpu"]["measured"] is False
+    assert "--device cuda" in results["gpu"]["note"]
+    table = (out / "bench-smoke.md").read_text()
+    assert "Lightning vs raw loop" in table and "| (c) pipeline plain" in table
+
+
+def _one_step_loss(**model: bool) -> tuple[float, AMINTModule]:
+    """The loss of one real optimisation step on the bench's synthetic 32x32 data, from seed 0."""
+    settings = bench.Settings(batch_size=16, members=32)
+    cfg = bench.run_config(settings, "small_cnn", "active")
+    cfg["model"].update(model)
+    benchmark, splits = bench.data_for(settings.members, 0)
+    torch.manual_seed(0)
+    module = AMINTModule(cfg, benchmark.num_classes, 3, benchmark.mean, benchmark.std)
+    datamodule = MembershipDataModule(benchmark, splits, 16, 16, 0)
+    batch = next(iter(datamodule.train_dataloader()))
+    batch = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
+    optimizer = module.configure_optimizers()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), module
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_channels_last_trains_like_the_default():
+    plain, _ = _one_step_loss()
+    fast, module = _one_step_loss(channels_last=True)
+    assert fast == pytest.approx(plain, rel=1e-4)
+    first_conv = module.backbone.network.stages[0][0].weight
+    assert first_conv.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_an_unknown_compile_mode_names_the_choices():
+    assert compile_mode(False) is None and compile_mode(True) == "default"
+    with pytest.raises(ConfigError, match=r"model.compile='fastest' is unknown: use false, true"):
+        compile_mode("fastest")

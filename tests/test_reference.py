@@ -1,0 +1,168 @@
+"""The reference-model attack (offline RMIA): the score on outputs with a known answer, the data its
+reference models see, and a tiny real run that trains, caches and reuses them."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from amint_pl.errors import ConfigError
+from amint_pl.evaluation.metrics import membership_metrics
+from amint_pl.evaluation.reference import reference_roles, rmia_scores
+from tests.conftest import TINY, read_results, run_dirs, run_module
+
+
+# ------------------------------------------------------------------------------- the score
+def test_rmia_known_answer():
+    # a = 0: Pr(.) = (mean reference probability + 1) / 2.
+    # z: reference probability 0 -> Pr(z) = 0.5 -> ratios 2 * (0.25, 0.5, 1.0) = (0.5, 1, 2).
+    target_z, reference_z = np.array([0.25, 0.5, 1.0]), np.zeros((3, 2))
+    # x0: 0.9 / 0.5 = 1.8; x1: 0.9 / ((0.8 + 1) / 2) = 1.0; x2: 0.
+    target_x = np.array([0.9, 0.9, 0.0])
+    reference_x = np.array([[0.0, 0.0], [0.8, 0.8], [0.5, 0.5]])
+    gamma1 = rmia_scores(target_x, reference_x, target_z, reference_z, offline_a=0.0, gamma=1.0)
+    assert gamma1 == pytest.approx([2 / 3, 1 / 3, 0.0])  # LR > gamma is strict: 1.0 / 1.0 fails
+    gamma2 = rmia_scores(target_x, reference_x, target_z, reference_z, offline_a=0.0, gamma=2.0)
+    assert gamma2 == pytest.approx([1 / 3, 0.0, 0.0])
+    # a = 0.5: Pr(x) = (1.5 * 0.6 + 0.5) / 2 = 0.7, so x's ratio is 0.7 / 0.7 = 1; z's ratio is
+    # 0.35 / 0.7 = 0.5 (counted) and 0.7 / 0.7 = 1 (not).
+    scaled = rmia_scores(
+        np.array([0.7]),
+        np.array([[0.6]]),
+        np.array([0.35, 0.7]),
+        np.array([[0.6], [0.6]]),
+        offline_a=0.5,
+        gamma=1.0,
+    )
+    assert scaled == pytest.approx([0.5])
+
+
+def test_rmia_calibrates_for_difficulty_where_the_loss_attack_cannot():
+    """Samples differ in difficulty d, the reference models' (OUT) probability of the true label.
+    The target gives non-members d and members a * d + (1 - a), RMIA's offline model of an IN
+    probability. The target's probability alone (LOSS) drowns in the spread of d; RMIA divides it
+    out."""
+    rng = np.random.default_rng(0)
+    n, k, a = 2000, 4, 0.8
+
+    def outputs(difficulty, member):
+        reference = difficulty[:, None] + rng.normal(0, 0.01, (len(difficulty), k))
+        target = np.where(member, a * difficulty + 1 - a, difficulty)
+        target = target + rng.normal(0, 0.01, len(difficulty))
+        return np.clip(target, 1e-3, 1), np.clip(reference, 1e-3, 1)
+
+    is_member = np.r_[np.ones(n, bool), np.zeros(n, bool)]
+    target, reference = outputs(rng.uniform(0.05, 0.95, 2 * n), is_member)
+    z_target, z_reference = outputs(rng.uniform(0.05, 0.95, 500), np.zeros(500, bool))
+    score = rmia_scores(target, reference, z_target, z_reference, offline_a=a, gamma=2.0)
+    rmia_auc = membership_metrics(score[is_member], score[~is_member])["auc"]
+    loss_auc = membership_metrics(target[is_member], target[~is_member])["auc"]
+    assert rmia_auc > 0.99 and loss_auc < 0.65
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"offline_a": 1.0}, "attack.offline_a=1.0 must lie in [0, 1)"), ({"gamma": 0}, "gamma=0")],
+)
+def test_rmia_refuses_bad_settings(kwargs, message):
+    args = {"offline_a": 0.33, "gamma": 2.0} | kwargs
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        rmia_scores(np.ones(2), np.ones((2, 1)), np.ones(2), np.ones((2, 1)), **args)
+
+
+def test_reference_models_train_on_complementary_halves_of_the_population():
+    external = np.arange(1000, 1200)
+    population, halves = reference_roles(external, 4, 0.2, seed=0)
+    assert len(population) == 40
+    for half, other in halves:
+        assert len(half) == len(other) == 80
+        assert not set(half) & set(other) and not (set(half) | set(other)) & set(population)
+        assert set(half) | set(other) | set(population) == set(external)
+    # 0/1 and 2/3: complementary pairs; the two pairs draw different halves.
+    assert set(halves[0][0]) == set(halves[1][1]) and set(halves[2][0]) == set(halves[3][1])
+    assert set(halves[0][0]) != set(halves[2][0])
+    again, halves_again = reference_roles(external, 4, 0.2, seed=0)
+    assert (again == population).all() and (halves_again[3][0] == halves[3][0]).all()
+    with pytest.raises(ConfigError, match="attack.reference_models=0"):
+        reference_roles(external, 0, 0.2, seed=0)
+
+
+# ---------------------------------------------------------------------------- a tiny real run
+REFERENCE = [*TINY, "attack.reference=true", "attack.reference_models=2"]
+
+
+def _run(tmp_path, name, *overrides):
+    log_dir = tmp_path / name
+    proc = run_module(
+        "amint_pl.run",
+        f"paths.log_dir={log_dir}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        *overrides,
+    )
+    dirs = run_dirs(log_dir) if log_dir.exists() else []
+    return proc, (dirs[-1] if dirs else None)
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("reference")
+    proc, run_dir = _run(tmp_path, "first", *REFERENCE, "mint=active")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp_path, proc, run_dir
+
+
+def test_tiny_run_scores_rmia_in_every_report(first_run):
+    _, proc, run_dir = first_run
+    results = read_results(run_dir)
+    for protocol in ("paper", "strict"):
+        rmia = results["membership"][protocol]["rmia"]
+        assert 0.0 <= rmia["auc"] <= 1.0 and rmia["n_members"] == rmia["n_nonmembers"] > 0
+        assert rmia["acc_at_0.5"] is None  # a share of population samples, not a probability
+    summary = results["reference_attack"]
+    assert summary["method"] == "rmia" and summary["reference_models"] == 2
+    assert summary["reused"] == 0 and summary["population"] == 24  # 20% of 120 external samples
+    assert summary["training_half"] == 48 and len(summary["reference_test_acc"]) == 2
+    cached = sorted(p.name for p in (run_dir / "reference_models").iterdir())
+    assert cached == ["ref0.ckpt", "ref1.ckpt"]  # the training folders are cleaned up
+    assert proc.stdout.count("reference model ") == 2 and "training on 48" in proc.stdout
+    with open(run_dir / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    scores = np.array([float(r["score_rmia"]) for r in rows])
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert "RMIA (Zarifzadeh)" in proc.stdout  # the printed table
+
+
+def test_cached_reference_models_are_reused(first_run):
+    tmp_path, _, first_dir = first_run
+    cache = first_dir / "reference_models"
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    proc, run_dir = _run(
+        tmp_path, "second", *REFERENCE, "mint=off", f"attack.reference_dir={cache}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_results(run_dir)["reference_attack"]
+    assert summary["reused"] == 2 and proc.stdout.count("reusing") == 2
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
+    assert not (run_dir / "reference_models").exists()
+
+
+def test_reference_models_of_other_data_are_refused(first_run):
+    tmp_path, _, first_dir = first_run
+    cache = first_dir / "reference_models"
+    proc, run_dir = _run(
+        tmp_path, "third", *REFERENCE, "mint=off", "seed=1", f"attack.reference_dir={cache}"
+    )
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "ref0.ckpt was trained on other data" in last
+    assert "delete it" in last and "Traceback" not in proc.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "failed" and "CheckpointError" in results["error"]
+
+
+def test_bad_attack_setting_stops_before_training(tmp_path):
+    proc, run_dir = _run(tmp_path, "bad", *REFERENCE, "attack.gamma=0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == "error: attack.gamma=0.0 must be positive"
+    assert not list((run_dir / "checkpoints").rglob("*.ckpt"))  # nothing trained

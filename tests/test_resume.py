@@ -1,0 +1,183 @@
+"""Determinism, resume and nothing lost, with the real entry point stopped and killed for real.
+
+Tolerance (README, "Auditing a model, resuming, and what is never lost"): on CPU with
+`trainer.deterministic=true`, the same seed gives bit-identical results.json metrics and scores.csv,
+and a run resumed with `ckpt_path=last` ends with the metrics of the uninterrupted run: zero
+difference.
+"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import REPO, read_results, run_module
+from tests.shared_runs import DETERMINISTIC, three_epoch_run, train
+
+RUN = DETERMINISTIC
+TOLERANCE = 0.0  # CPU, deterministic: bit-identical
+
+
+def outcome(results):
+    """What a result is: every metric of every method, audited accuracy, what was selected."""
+    keys = ("audited", "membership", "best_checkpoints", "epochs_trained", "split_fingerprint")
+    return {key: results[key] for key in keys}
+
+
+def logged_epochs(folder):
+    with open(folder / "csv" / "metrics.csv") as f:
+        return {row["epoch"] for row in csv.DictReader(f) if row.get("epoch")}
+
+
+def _leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}/{key}")
+    else:
+        yield prefix, tree
+
+
+def assert_same(a, b):
+    """Equal outcomes: every number within TOLERANCE, everything else identical."""
+    left, right = dict(_leaves(outcome(a))), dict(_leaves(outcome(b)))
+    assert left.keys() == right.keys()
+    for key, value in left.items():
+        if isinstance(value, float) and isinstance(right[key], float):
+            assert abs(value - right[key]) <= TOLERANCE, key
+        else:
+            assert value == right[key], key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A 3-epoch aMINT run, started in an empty working directory (shared with test_audit)."""
+    return three_epoch_run(tmp_path_factory.getbasetemp())
+
+
+def test_a_run_writes_only_inside_its_run_directory_and_data_folder(uninterrupted):
+    _, results, outside = uninterrupted
+    assert results["status"] == "completed"
+    # Nothing relative to where it was started (cwd stays empty); digits needs no data cache.
+    assert outside == ["cwd"]
+
+
+def test_same_seed_same_results(uninterrupted):
+    root, results, _ = uninterrupted
+    again = train(root, root / "again", "trainer.max_epochs=3")
+    assert_same(results, again)
+    assert (root / "full" / "scores.csv").read_bytes() == (
+        root / "again" / "scores.csv"
+    ).read_bytes()
+
+
+def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted):
+    root, results, _ = uninterrupted
+    run_dir = root / "stopped"
+    stopped = train(root, run_dir, "trainer.max_epochs=1")  # stopped after its first epoch
+    assert stopped["epochs_trained"] == 1
+    resumed = train(root, run_dir, "trainer.max_epochs=3", "ckpt_path=last")
+    assert_same(results, resumed)
+    # Nothing of the first attempt is lost: its results and config are kept beside the new ones.
+    assert read_results(run_dir / "attempts" / "1") == stopped
+    (resumed_cfg,) = (run_dir / ".hydra").glob("resumed-*/config.yaml")
+    assert "max_epochs: 1" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "max_epochs: 3" in resumed_cfg.read_text()
+    assert logged_epochs(run_dir / "attempts" / "1") == {"0"}  # Lightning would delete these
+    assert logged_epochs(run_dir) == {"1", "2"}
+
+
+def test_resume_refuses_a_changed_config_and_leaves_the_run_alone(uninterrupted):
+    root, _, _ = uninterrupted
+    run_dir = root / "full"
+    before = (run_dir / "results.json").read_text()
+    proc = run_module(
+        "amint_pl.run",
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        f"paths.data_dir={root / 'data'}",
+        "trainer.max_epochs=3",
+        "ckpt_path=last",
+        "mint.w_mint=0.5",
+    )
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ckpt_path: the run was trained with mint.w_mint=1.0, not 0.5")
+    assert (run_dir / "results.json").read_text() == before
+    assert not (run_dir / "attempts").exists()
+
+
+def test_a_killed_run_keeps_its_checkpoint_says_failed_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "joint" / "last.ckpt"
+    log = open(tmp_path / "run.log", "w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "amint_pl.run",
+            *RUN,
+            f"hydra.run.dir={run_dir}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "trainer.max_epochs=1000",
+            "early_stopping_patience=1000",
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 600
+    while not last.exists():
+        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before it kills a job
+    assert proc.wait(timeout=300) != 0
+    log.close()
+
+    results = read_results(run_dir)
+    assert results["status"] == "failed" and results["error"].startswith("SIGTERMException")
+    assert results["resume_with"] == f"hydra.run.dir={run_dir} ckpt_path=last"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)  # complete and loadable
+    reached = checkpoint["epoch"]
+
+    # Resumed (here to end right after the epoch it had finished), it completes.
+    resumed = train(
+        tmp_path,
+        run_dir,
+        f"trainer.max_epochs={reached + 1}",
+        "early_stopping_patience=1000",
+        "ckpt_path=last",
+    )
+    assert resumed["status"] == "completed" and resumed["epochs_trained"] == reached + 1
+    assert read_results(run_dir / "attempts" / "1")["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_passive_run_resumes_in_either_phase(tmp_path):
+    """Passive MINT stopped in phase 1 (the audited model) or in phase 2 (the MINT head) and
+    resumed: both end alike. Stopped in phase 1, phase 1 is resumed and phase 2 trains whole;
+    stopped in phase 2, phase 1 ran whole and phase 2 is resumed: equal results mean each resumed
+    phase equals its uninterrupted self."""
+    passive = ("mint=passive", "trainer.max_epochs=2", "mint.head_max_epochs=2")
+    in_phase_1 = tmp_path / "phase1"
+    train(tmp_path, in_phase_1, "mint=passive", "trainer.max_epochs=1", "mint.head_max_epochs=1")
+    resumed_1 = train(tmp_path, in_phase_1, *passive, "ckpt_path=last")
+    # The head trained on the 1-epoch audited model is superseded, and kept.
+    assert (in_phase_1 / "checkpoints" / "mint_head.superseded-1" / "last.ckpt").is_file()
+
+    in_phase_2 = tmp_path / "phase2"
+    train(tmp_path, in_phase_2, "mint=passive", "trainer.max_epochs=2", "mint.head_max_epochs=1")
+    resumed_2 = train(tmp_path, in_phase_2, *passive, "ckpt_path=last")
+    assert_same(resumed_1, resumed_2)
+    assert resumed_2["epochs_trained"] == 2
+
+    # Its phase-1 checkpoint has an untrained MINT head: audit refuses it in one line.
+    (audited,) = (in_phase_2 / "checkpoints" / "audited").glob("best-*.ckpt")
+    proc = run_module("amint_pl.audit", f"checkpoint={audited}", "inputs=split:all")
+    assert proc.returncode == 2 and "audit a checkpoint from checkpoints/mint_head/" in proc.stderr

@@ -1,0 +1,109 @@
+"""Validation at the edge: a bad setting stops `python -m amint_pl.run` with one line naming the fix,
+exit code 2, before any data is decoded or any step trained; an existing run is never overwritten."""
+
+import re
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from amint_pl.errors import AmintError
+from amint_pl.validation import validate_config
+from tests.conftest import TINY, read_results, run_dirs, run_module
+
+# MNIST's files are absent here: an error about anything else proves nothing was decoded first.
+NO_DATA = "dataset=mnist"
+
+
+def _run(tmp_path, *overrides):
+    return run_module(
+        "amint_pl.run",
+        *TINY,
+        f"paths.log_dir={tmp_path / 'runs'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        *overrides,
+    )
+
+
+def _one_line_error(proc, message):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
+    assert "Traceback" not in proc.stderr
+
+
+# Every setting validate_config refuses, on the really composed config (in process: fast).
+REFUSED = [
+    ("model.name=resnet_nope", "unknown model 'resnet_nope'"),
+    ("mint.taps=[7]", "index 7 is out of range; this model has stages 0..2"),
+    ("mint.taps=deep", "mint.taps='deep' is no preset"),
+    ("dataset.name=nope", "unknown dataset 'nope'"),
+    ("mint.mode=sometimes", "mint.mode='sometimes' is unknown"),
+    ("mint.weighting=median", "mint.weighting=median: use fixed or initial"),
+    ("+logger.mine.save_dir=x", "logger 'mine' has no _target_"),
+    ("logger.csv._target_=nowhere.Logger", "cannot import nowhere.Logger"),
+    ("batch_size=33", "batch_size=33 must be an even integer"),
+    ("eval_batch_size=0", "eval_batch_size=0 must be a positive integer"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0 must be a positive integer"),
+    ("trainer.devices=0", "trainer.devices=0 must be a positive integer"),
+    ("optim.lr=-0.1", "optim.lr=-0.1 must be a positive number"),
+    ("optim.lr=0", "optim.lr=0 must be a positive number"),
+    ("optim.name=lion", "optim.name=lion: use one of adam, adamw, sgd"),
+    ("mint.monitor=val/nope", "mint.monitor=val/nope is not logged by mint=active"),
+    ("dataset.image_size=0", "dataset.image_size=0 must be a positive integer"),
+    ("dataset.channels=2", "dataset.channels=2: use 1, 3 or null"),
+    ("dataset.splits.external=0", "dataset.splits.external=0 must be a positive integer"),
+    ("dataset.splits.calib_fraction=1.5", "calib_fraction in (0, 1)"),
+    ("+dataset.splits.extra=1", "dataset.splits: "),
+    ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt is no file"),
+]
+
+
+def _compose(*overrides):
+    with initialize_config_module(config_module="amint_pl.conf", version_base="1.3"):
+        return compose(config_name="run", overrides=["paths.output_dir=unused", *overrides])
+
+
+@pytest.mark.parametrize(("override", "message"), REFUSED)
+def test_validate_config_names_the_fix(override, message):
+    with pytest.raises(AmintError, match=re.escape(message)):
+        validate_config(_compose(NO_DATA, override))
+
+
+@pytest.mark.parametrize("option", ["small_cnn", "resnet18", "vit_tiny", "mobilenetv3_small"])
+def test_shipped_models_pass(option):
+    validate_config(_compose(NO_DATA, f"model={option}", "mint=passive"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((NO_DATA, "mint.taps=[7]"), "index 7 is out of range; this model has stages 0..2"),
+        # Split sizes need the pool sizes: digits loads in a blink, then build_splits refuses.
+        (("dataset.splits.members=5000",), "exceeds the train pool (1258): lower them"),
+    ],
+)
+def test_the_entry_point_stops_before_data_or_training(tmp_path, overrides, message):
+    proc = _run(tmp_path, *overrides)
+    _one_line_error(proc, message)
+    (run_dir,) = run_dirs(tmp_path / "runs")
+    assert not (run_dir / "checkpoints").exists()  # nothing trained
+    assert not (tmp_path / "data").exists()  # nothing decoded or cached
+    results = read_results(run_dir)  # a sweep still sees why this job failed
+    assert results["status"] == "failed" and message in results["error"]
+
+
+def test_an_existing_run_directory_is_never_overwritten(tmp_path):
+    run_dir = tmp_path / "earlier"
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    proc = _run(tmp_path, f"hydra.run.dir={run_dir}")
+    _one_line_error(proc, "already holds a run: pick a new hydra.run.dir")
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("run_dir", [None, "empty"])
+def test_resume_needs_the_run_directory(tmp_path, run_dir):
+    extra = [f"hydra.run.dir={tmp_path / run_dir}"] if run_dir else []
+    proc = _run(tmp_path, "ckpt_path=last", *extra)
+    _one_line_error(proc, "ckpt_path=last resumes a run in its own directory")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "empty").exists()
