@@ -75,9 +75,9 @@ def paper_model(name: str) -> str | None:
         return "mobilenet"
     if name in ("resnet50", "resnet101", "densenet121"):
         return name
-    if "xception" in name:
+    if name == "legacy_xception":  # Chollet's Xception, the paper's (conf/model/xception.yaml)
         return "xception"
-    if name.startswith("vit_"):
+    if name == "vit_amint":  # the paper's ViT (patch 4, dim 64, depth 12); not vit_tiny/vit_small
         return "vit"
     return None
 

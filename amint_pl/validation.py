@@ -128,7 +128,7 @@ def _check_model(cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
             backbone = backbone_from_config(cfg["model"], mint["taps"], num_classes, channels, size)
             shapes = [tuple(t.shape) for t in backbone.tap_info]
             if mint["mode"] != "off":
-                mint_head_from_config(mint["head"], shapes)
+                mint_head_from_config(mint["head"], shapes, num_classes)
         return shapes
 
     try:
