@@ -54,7 +54,7 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "head_dropout_wd": ["mint=active", "mint.head.dropout=0.5", "optim.weight_decay=1e-4"],
     "augment": ["mint=active", "dataset.augment=flip_crop"],
-    "general_preset": ["mint=active_general"],
+    "general_preset": ["mint=active_general"],  # today: the same as "outputs"
     "passive": ["mint=passive"],
     "off": ["mint=off"],
 }
