@@ -164,7 +164,7 @@ def plot(rows: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].axhline(0.95, ls=":", c="red")
     axes[1].axhline(0.85, ls=":", c="red")
-    axes[1].legend(fontsize=7, loc="lower left")
+    axes[1].legend(fontsize=7, loc="center right")
     fig.tight_layout()
     fig.savefig(out / "tradeoff.png", dpi=120)
     plt.close(fig)
