@@ -444,15 +444,7 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
         on_device=bool(cfg.dataset.get("on_device", False)),
     )
     protocols = [p for p, role in PROTOCOLS.items() if len(splits[f"{role}_calib"])]
-    module = AMINTModule(
-        OmegaConf.to_container(cfg, resolve=True),
-        num_classes=benchmark.num_classes,
-        native_channels=benchmark.channels,
-        mean=benchmark.mean,
-        std=benchmark.std,
-        protocols=protocols,
-        split_fingerprint=splits.fingerprint(),
-    )
+    module = AMINTModule.for_benchmark(cfg, benchmark, protocols, splits.fingerprint())
     loggers = _loggers(cfg)
     best_checkpoints: dict[str, str] = {}
     trainer = None

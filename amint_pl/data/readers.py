@@ -82,6 +82,14 @@ def download(name: str, root: Path, fetch: Callable[[], object], where: str) -> 
         ) from err
 
 
+def download_torchvision(name: str, root: Path, torchvision_class: str, where: str) -> None:
+    """Fetch a data set with torchvision's own downloader (its train split brings every file)."""
+    import torchvision.datasets
+
+    dataset_class = getattr(torchvision.datasets, torchvision_class)
+    download(name, root, lambda: dataset_class(str(root), train=True, download=True), where)
+
+
 # ---------------------------------------------------------------------------------------------
 # digits
 
@@ -165,15 +173,7 @@ def idx_reader(
         where = f"the four IDX files in {raw} (torchvision's {torchvision_class} layout)"
         files = find_idx_files(folders)
         if files is None and request.download:
-            import torchvision.datasets
-
-            dataset_class = getattr(torchvision.datasets, torchvision_class)
-            download(
-                name,
-                request.root,
-                lambda: dataset_class(str(request.root), train=True, download=True),
-                where,
-            )
+            download_torchvision(name, request.root, torchvision_class, where)
             files = find_idx_files([raw])
         if files is None:
             extra = "".join(f" (or {d})" for d in fallback_dirs())
@@ -240,15 +240,7 @@ def cifar_reader(
             return [base / f for f in (*train_files, *test_files) if not (base / f).is_file()]
 
         if missing() and request.download:
-            import torchvision.datasets
-
-            dataset_class = getattr(torchvision.datasets, torchvision_class)
-            download(
-                name,
-                request.root,
-                lambda: dataset_class(str(request.root), train=True, download=True),
-                where,
-            )
+            download_torchvision(name, request.root, torchvision_class, where)
         if absent := missing():
             raise not_found(name, absent[0], where)
         train = tuple(base / f for f in train_files)

@@ -318,15 +318,7 @@ def reference_attack(
         ref_splits = reference_splits(splits, half, other)
         ref_seed = int(np.random.default_rng([seed, k]).integers(2**31 - 1))
         L.seed_everything(ref_seed, workers=True, verbose=False)
-        module = AMINTModule(
-            OmegaConf.to_container(ref_cfg, resolve=True),
-            num_classes=benchmark.num_classes,
-            native_channels=benchmark.channels,
-            mean=benchmark.mean,
-            std=benchmark.std,
-            protocols=("paper",),
-            split_fingerprint=ref_splits.fingerprint(),
-        )
+        module = AMINTModule.for_benchmark(ref_cfg, benchmark, ("paper",), ref_splits.fingerprint())
         module.membership_curves.plot_name = None
         work_dir = cache_dir / f"ref{k}.work"
         trainer = make_trainer(ref_cfg, work_dir)

@@ -163,6 +163,29 @@ class AMINTModule(L.LightningModule):
         # attached to every trainer that fits this module (configure_callbacks).
         self.membership_curves = MembershipCurves(num_classes, self.protocols)
 
+    @classmethod
+    def for_benchmark(
+        cls,
+        config: Mapping[str, Any],
+        benchmark: Any,
+        protocols: Sequence[str],
+        split_fingerprint: str,
+    ) -> AMINTModule:
+        """The module for a run config (resolved to plain containers) on a `Benchmark`'s pools."""
+        from omegaconf import OmegaConf
+
+        if not isinstance(config, dict):
+            config = OmegaConf.to_container(config, resolve=True)
+        return cls(
+            config,
+            num_classes=benchmark.num_classes,
+            native_channels=benchmark.channels,
+            mean=benchmark.mean,
+            std=benchmark.std,
+            protocols=protocols,
+            split_fingerprint=split_fingerprint,
+        )
+
     # ----------------------------------------------------------------------------------- phases
     def set_phase(self, phase: str) -> None:
         """Switch to a phase of this mode; `mint_head` freezes the backbone, `audited` the head."""
