@@ -177,6 +177,14 @@ class Samples:
     rows: list[dict[str, Any]]
     catalogue: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # pool, index, role code
 
+    @property
+    def labels(self) -> np.ndarray | None:
+        """The true labels of split samples; None for image or tensor inputs (a head that reads
+        the loss then takes the predicted class as the label)."""
+        if not self.rows or "label" not in self.rows[0]:
+            return None
+        return np.array([r["label"] for r in self.rows], dtype=np.int64)
+
 
 def _pools_are_image_files(dataset_name: str) -> bool:
     """Whether the data set's reader hands back image files (decoded and resized by Pillow,
@@ -334,20 +342,22 @@ def read_split(roles: Sequence[str], splits: MembershipSplits, benchmark: Benchm
 # Scoring
 
 
-def score(
-    module: AMINTModule, images: np.ndarray, batch_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(class logits float32 (N, K), MINT logits float32 (N,)) of uint8 images, through the
-    module's own preprocessing, in batches."""
+def score(module: AMINTModule, samples: Samples, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class logits float32 (N, K), MINT logits float32 (N,)) of the samples' uint8 images,
+    through the module's own preprocessing, in batches (with their labels where known)."""
     import torch
 
     device = next(module.parameters()).device
+    images, labels = samples.images, samples.labels
     logits, mint_logits = [], []
     with torch.inference_mode():
         for start in range(0, len(images), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
             inputs = module.on_after_batch_transfer({"images": batch.to(device)}, 0)["inputs"]
-            out, mint = module(inputs)
+            label = None
+            if labels is not None:
+                label = torch.from_numpy(labels[start : start + batch_size]).to(device)
+            out, mint = module(inputs, label)
             logits.append(out.float().cpu())
             mint_logits.append(mint.float().cpu())
     return torch.cat(logits).numpy(), torch.cat(mint_logits).numpy()
@@ -390,7 +400,7 @@ def calibrated_threshold(
     role = f"{PROTOCOLS[request.protocol]}_calib"
     samples = read_split((role, "nonmembers_calib"), splits, benchmark)
     batch = request.batch_size or int(checkpoint["hyper_parameters"]["config"]["eval_batch_size"])
-    probability = membership_probability(score(module, samples.images, batch)[1])
+    probability = membership_probability(score(module, samples, batch)[1])
     is_member = np.array([r["role"] == role for r in samples.rows])
     if not is_member.any():
         raise ConfigError(f"the run has no {role} samples: use protocol=paper or threshold=0.5")
@@ -486,7 +496,7 @@ def audit(request: AuditRequest) -> dict[str, Any]:
     else:
         samples = read_inputs(request.inputs, hparams)
 
-    logits, mint_logits = score(module, samples.images, batch_size)
+    logits, mint_logits = score(module, samples, batch_size)
     probability = membership_probability(mint_logits)
     if request.threshold == "calibrated":
         threshold, source = calibrated_threshold(request, checkpoint, module, run_dir)
@@ -552,7 +562,7 @@ def _reproduce_run(samples, logits, mint_logits, splits, checkpoint, request, ru
     )
 
     pool_id, index, role = samples.catalogue
-    labels = torch.as_tensor([r["label"] for r in samples.rows])
+    labels = torch.from_numpy(samples.labels)
     predictions = [
         {
             "index": torch.as_tensor(index),

@@ -116,6 +116,7 @@ def _check_model(cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
     import torch
 
     from amint_pl.models.backbones import backbone_from_config
+    from amint_pl.models.memory import memory_from_config
     from amint_pl.models.mint_head import mint_head_from_config
 
     dataset, mint = cfg["dataset"], cfg["mint"]
@@ -127,6 +128,13 @@ def _check_model(cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
         with torch.device(device):
             backbone = backbone_from_config(cfg["model"], mint["taps"], num_classes, channels, size)
             shapes = [tuple(t.shape) for t in backbone.tap_info]
+            memory = memory_from_config(mint.get("memory"), (channels, size, size), num_classes)
+            features = (mint.get("head") or {}).get("output_features") or ()
+            if "memory" in features and memory is None and mint["mode"] != "off":
+                raise ConfigError(
+                    "mint.head.output_features has 'memory' but the model has no membership "
+                    "memory: set mint.memory.bands (e.g. 16) or drop the feature"
+                )
             if mint["mode"] != "off":
                 mint_head_from_config(mint["head"], shapes, num_classes)
         return shapes

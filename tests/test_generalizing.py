@@ -1,11 +1,16 @@
-"""The generalizing-aMINT mechanisms (issue 9): output features, positive subsets, the preset."""
+"""The generalizing-aMINT mechanisms (issue 9): output features, positive subsets, the
+membership memory, the preset."""
 
+import pytest
 import torch
+import torch.nn.functional as F
 
 from amint_pl.data.datamodule import ROLE_CODES
+from amint_pl.errors import ConfigError
+from amint_pl.models.memory import MembershipMemory, memory_from_config, memory_margin
 from amint_pl.models.mint_head import MINTHead, output_statistics
 from amint_pl.training.module import role_positions
-from tests.conftest import TINY, read_results
+from tests.conftest import TINY, read_results, run_module
 
 SEEN, UNSEEN, EXTERNAL = (ROLE_CODES[r] for r in ("members_seen", "members_unseen", "external"))
 
@@ -46,7 +51,62 @@ def test_a_head_on_outputs_alone_and_the_gradient_stop():
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
-def test_the_general_preset_runs_on_a_tiny_budget(run_amint):
+def test_the_memory_keeps_what_cross_entropy_trained_and_nothing_else():
+    torch.manual_seed(0)
+    memory = MembershipMemory((1, 28, 28), num_classes=10, bands=8, bits=20, buckets=4096)
+    trained, unseen = torch.randn(64, 1, 28, 28), torch.randn(64, 1, 28, 28)
+    labels = torch.randint(0, 10, (64,))
+    codes = memory.codes(trained)
+    assert codes.shape == (64, 8) and 0 <= int(codes.min()) and int(codes.max()) < 4096
+    assert torch.equal(codes, memory.codes(trained.clone()))  # a fixed hash per image
+    with torch.no_grad():
+        assert float(memory_margin(memory(unseen), labels).abs().max()) == 0.0  # starts at zero
+    optimiser = torch.optim.Adam(memory.parameters(), lr=1e-2)
+    for _ in range(20):
+        optimiser.zero_grad()
+        F.cross_entropy(memory(trained), labels).backward()
+        optimiser.step()
+    seen_margin = memory_margin(memory(trained), labels)
+    unseen_margin = memory_margin(memory(unseen), labels)
+    assert float(seen_margin.min()) > float(unseen_margin.abs().max())
+
+
+def test_memory_settings_are_checked():
+    assert memory_from_config({"bands": 0}, (1, 28, 28), 10) is None
+    assert memory_from_config(None, (1, 28, 28), 10) is None
+    # A large image is pooled to 32x32 before hashing: the projection stays small.
+    big = memory_from_config({"bands": 2, "bits": 8, "buckets": 64}, (3, 224, 224), 10)
+    assert big.hyperplanes.shape == (3 * 32 * 32, 16)
+    assert big(torch.randn(2, 3, 224, 224)).shape == (2, 10)
+    for bad, message in [
+        ({"bands": 4, "size": 3}, "mint.memory.size is no memory setting"),
+        ({"bands": 4, "bits": 31}, "mint.memory.bits=31"),
+        ({"bands": -1}, "mint.memory.bands=-1"),
+        ({"bands": 4, "scale": 0}, "mint.memory.scale=0"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            memory_from_config(bad, (1, 28, 28), 10)
+
+
+def test_the_memory_feature_needs_a_memory(tmp_path):
+    proc = run_module(
+        "amint_pl.run",
+        *TINY,
+        "mint.head.output_features=[memory]",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: mint.head.output_features has 'memory' but the model has no membership memory"
+        )
+    )
+    assert all(read_results(p.parent)["status"] == "failed" for p in tmp_path.rglob("results.json"))
+
+
+def test_the_general_preset_runs_and_audits_on_a_tiny_budget(run_amint, tmp_path):
     _, run_dir = run_amint(
         *TINY, "mint=active_general", "mint.positive_fraction=0.5", "mint.rotate_positives=true"
     )
@@ -54,3 +114,15 @@ def test_the_general_preset_runs_on_a_tiny_budget(run_amint):
     assert results["status"] == "completed"
     assert {"paper", "strict"} <= set(results["membership"])
     assert 0.0 <= results["membership"]["strict"]["mint"]["auc"] <= 1.0
+    checkpoint = run_dir / results["best_checkpoints"]["joint"]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    assert "memory.table.weight" in state and float(state["memory.table.weight"].abs().sum()) > 0
+    # The audit rebuilds the model, memory included, and reproduces the run's numbers.
+    proc = run_module(
+        "amint_pl.audit",
+        f"checkpoint={checkpoint}",
+        "inputs=split:all",
+        f"output={tmp_path / 'all.csv'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reproduces results.json: every metric of every method" in proc.stdout

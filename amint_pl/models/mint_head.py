@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from amint_pl.errors import ConfigError
+from amint_pl.models.memory import memory_margin
 
 HEAD_KEYS = (
     "conv_widths",
@@ -22,16 +23,21 @@ HEAD_KEYS = (
 )
 # Statistics of the audited model's outputs that the head may read beside its taps
 # (`mint.head.output_features`), each on a log scale where membership shows:
-# loss: log CE of the true label; probs: the sorted log-probabilities; entropy: log entropy.
-OUTPUT_FEATURES = ("loss", "probs", "entropy")
+# loss: log CE of the true label; probs: the sorted log-probabilities; entropy: log entropy;
+# memory: the membership memory's margin at the label (needs `mint.memory`, models/memory.py).
+OUTPUT_FEATURES = ("loss", "probs", "entropy", "memory")
 
 
 def output_statistics(
-    logits: torch.Tensor, labels: torch.Tensor | None, names: Sequence[str]
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    names: Sequence[str],
+    memory_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, k) features of the audited model's outputs, in the order of `names`.
 
     `labels` None (an audit of unlabelled images) uses the predicted class as the label.
+    `memory_logits` are the membership memory's (B, classes) logits, for the `memory` feature.
     """
     log_p = torch.log_softmax(logits.float(), dim=1)
     if labels is None:
@@ -46,6 +52,10 @@ def output_statistics(
         elif name == "entropy":
             entropy = -(log_p.exp() * log_p).sum(1, keepdim=True)
             columns.append(torch.log(entropy + 1e-6))
+        elif name == "memory":
+            if memory_logits is None:
+                raise ValueError("the memory feature needs the membership memory's logits")
+            columns.append(5.0 * memory_margin(memory_logits.float(), labels)[:, None])
         else:
             raise ValueError(f"unknown output feature {name!r}: use {', '.join(OUTPUT_FEATURES)}")
     return torch.cat(columns, dim=1) / 5.0  # roughly unit scale
@@ -145,8 +155,10 @@ class MINTHead(nn.Module):
         taps: Sequence[torch.Tensor],
         logits: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        memory_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return membership logits (B,) for the taps (and class logits, labels) of one batch."""
+        """Return membership logits (B,) for the taps (and class logits, labels, the membership
+        memory's logits) of one batch."""
         parts = (
             [branch(tap) for branch, tap in zip(self.branches, taps, strict=True)]
             if self.use_taps
@@ -157,7 +169,9 @@ class MINTHead(nn.Module):
                 raise ValueError("this MINT head reads output statistics: pass the class logits")
             if self.detach_outputs:
                 logits = logits.detach()
-            parts.append(output_statistics(logits, labels, self.output_features))
+            if memory_logits is not None:
+                memory_logits = memory_logits.detach()  # the memory learns from CE alone
+            parts.append(output_statistics(logits, labels, self.output_features, memory_logits))
         return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
 
 

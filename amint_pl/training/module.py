@@ -22,6 +22,7 @@ from amint_pl.data.datamodule import ROLE_CODES
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.errors import ConfigError
 from amint_pl.models.backbones import backbone_from_config
+from amint_pl.models.memory import memory_from_config
 from amint_pl.models.mint_head import mint_head_from_config
 from amint_pl.training.callbacks import MembershipCurves
 from amint_pl.training.losses import LossWeighting
@@ -136,6 +137,11 @@ class AMINTModule(L.LightningModule):
         self.backbone = backbone_from_config(
             config["model"], mint["taps"], num_classes, channels, img_size
         )
+        # The membership memory (mint.memory.bands > 0; models/memory.py): a part of the audited
+        # model whose logits add to the backbone's, written by the cross-entropy gradient alone.
+        self.memory = memory_from_config(
+            mint.get("memory"), (channels, img_size, img_size), num_classes
+        )
         self.mint_head = (
             mint_head_from_config(
                 mint["head"], [t.shape for t in self.backbone.tap_info], num_classes
@@ -193,6 +199,8 @@ class AMINTModule(L.LightningModule):
             raise ValueError(f"phase {phase!r} is not one of {self.phases}")
         self.phase = phase
         self.backbone.requires_grad_(phase != "mint_head")
+        if self.memory is not None:
+            self.memory.requires_grad_(phase != "mint_head")
         if self.mint_head is not None:
             # Unused in `audited`: DDP must not wait for gradients that never come.
             self.mint_head.requires_grad_(phase != "audited")
@@ -262,10 +270,21 @@ class AMINTModule(L.LightningModule):
         """Class logits and membership logits (None without a MINT head) of preprocessed inputs.
 
         `labels` matter only to a head that reads the loss (None: the predicted class)."""
-        logits, taps = self.backbone(inputs)
+        logits, taps, memory = self.audited(inputs)
         if self.mint_head is None:
             return logits, None
-        return logits, self.mint_head(taps, logits, labels)
+        return logits, self.mint_head(taps, logits, labels, memory)
+
+    def audited(
+        self, inputs: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """The audited model on preprocessed inputs: (class logits, taps, the membership memory's
+        logits, None without one); the class logits include the memory's."""
+        logits, taps = self.backbone(inputs)
+        if self.memory is None:
+            return logits, taps, None
+        memory = self.memory(inputs)
+        return logits + memory.to(logits.dtype), taps, memory
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         role, labels, inputs = batch["role"], batch["labels"], batch["inputs"]
@@ -276,16 +295,19 @@ class AMINTModule(L.LightningModule):
         ce = bce = None
         if self.phase == "joint":
             # ONE forward over members and external samples together: BatchNorm sees both.
-            logits, taps = self.backbone(inputs)
+            logits, taps, memory = self.audited(inputs)
             ce = F.cross_entropy(logits.index_select(0, members), labels.index_select(0, members))
-            bce = self._mint_loss(self.mint_head(taps, logits, labels), role, mint_targets)
+            mint_logits = self.mint_head(taps, logits, labels, memory)
+            bce = self._mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "audited":
-            logits, _ = self.backbone(inputs.index_select(0, members))
+            logits, _, _ = self.audited(inputs.index_select(0, members))
             ce = F.cross_entropy(logits, labels.index_select(0, members))
         else:  # mint_head: the frozen backbone's detached taps
             with torch.no_grad():
-                logits, taps = self.backbone(inputs)
-            mint_logits = self.mint_head([t.detach() for t in taps], logits.detach(), labels)
+                logits, taps, memory = self.audited(inputs)
+            mint_logits = self.mint_head(
+                [t.detach() for t in taps], logits.detach(), labels, memory
+            )
             bce = self._mint_loss(mint_logits, role, mint_targets)
         loss = self.loss_weighting(ce, bce)
         prefix = "head/" if self.phase == "mint_head" else ""
@@ -332,13 +354,18 @@ class AMINTModule(L.LightningModule):
         return out
 
     # ---------------------------------------------------------------------------- optimiser
+    def audited_parameters(self) -> list[torch.nn.Parameter]:
+        """The audited model's parameters: the backbone's and the membership memory's."""
+        memory = [] if self.memory is None else list(self.memory.parameters())
+        return list(self.backbone.parameters()) + memory
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.phase == "mint_head":
             params = list(self.mint_head.parameters())
         elif self.phase == "audited":
-            params = list(self.backbone.parameters())
+            params = self.audited_parameters()
         else:
-            params = list(self.backbone.parameters()) + list(self.mint_head.parameters())
+            params = self.audited_parameters() + list(self.mint_head.parameters())
         name, lr, wd = (
             self.optim_cfg["name"],
             float(self.optim_cfg["lr"]),

@@ -52,9 +52,25 @@ VARIANTS: dict[str, list[str]] = {
         "mint.head.tap_features=false",
         "mint.monitor=val/strict/mint_auc",
     ],
+    "outputs_only": [
+        "mint=active",
+        "mint.head.output_features=[loss,probs]",
+        "mint.head.tap_features=false",
+    ],
+    # Half of the seen members are MINT positives, a new half each epoch.
+    "rotate_half": ["mint=active", "mint.positive_fraction=0.5", "mint.rotate_positives=true"],
+    # The head reads the membership memory alone (models/memory.py), no taps, no other outputs.
+    "memory_only": [
+        "mint=active",
+        "mint.memory.bands=16",
+        "mint.head.output_features=[memory]",
+        "mint.head.tap_features=false",
+    ],
     "head_dropout_wd": ["mint=active", "mint.head.dropout=0.5", "optim.weight_decay=1e-4"],
     "augment": ["mint=active", "dataset.augment=flip_crop"],
-    "general_preset": ["mint=active_general"],  # today: the same as "outputs"
+    # The preset: membership memory + output statistics beside the taps.
+    "general_preset": ["mint=active_general"],
+    "general_preset_augment": ["mint=active_general", "dataset.augment=flip_crop"],
     "passive": ["mint=passive"],
     "off": ["mint=off"],
 }
