@@ -557,10 +557,38 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
         raise
 
 
+def check_keys(args: list[str]) -> None:
+    """Compose the config once with the plain overrides, so that a misspelt or undeclared key is
+    one line naming the fix instead of Hydra's report (sweeps, -m, are composed by Hydra alone)."""
+    if any(arg in ("-m", "--multirun") for arg in args):
+        return
+    overrides = [
+        arg
+        for arg in args
+        if "=" in arg and not arg.startswith(("-", "hydra.", "hydra/", "+hydra", "~hydra"))
+    ]
+    if not overrides:
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_module("amint_pl.conf", version_base="1.3"):
+        try:
+            compose("run", overrides=overrides)
+        except ConfigCompositionException as err:
+            cause = str(err.__cause__ or "").strip().splitlines()
+            reason = " ".join([str(err).strip().splitlines()[0], *cause[:1]])
+            raise ConfigError(
+                f"{reason}: check the spelling (python -m amint_pl.run --cfg job prints every "
+                "setting), or add a new key with a leading +"
+            ) from err
+
+
 def main() -> None:
     """`python -m amint_pl.run [overrides]`: one experiment, or a sweep with -m."""
     try:
         check_overrides(sys.argv[1:])
+        check_keys(sys.argv[1:])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -88,24 +88,6 @@ def test_memory_settings_are_checked():
             memory_from_config(bad, (1, 28, 28), 10)
 
 
-def test_the_memory_feature_needs_a_memory(tmp_path):
-    proc = run_module(
-        "amint_pl.run",
-        *TINY,
-        "mint.head.output_features=[memory]",
-        f"paths.log_dir={tmp_path}",
-    )
-    assert proc.returncode == 2
-    assert (
-        proc.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            "error: mint.head.output_features has 'memory' but the model has no membership memory"
-        )
-    )
-    assert all(read_results(p.parent)["status"] == "failed" for p in tmp_path.rglob("results.json"))
-
-
 def test_the_general_preset_runs_and_audits_on_a_tiny_budget(run_amint, tmp_path):
     _, run_dir = run_amint(
         *TINY, "mint=active_general", "mint.positive_fraction=0.5", "mint.rotate_positives=true"

@@ -55,6 +55,9 @@ REFUSED = [
     ("dataset.splits.calib_fraction=1.5", "calib_fraction in (0, 1)"),
     ("+dataset.splits.extra=1", "dataset.splits: "),
     ("ckpt_path=/no/such.ckpt", "ckpt_path=/no/such.ckpt is no file"),
+    ("mint.memory.bands=-1", "mint.memory.bands=-1: use a whole number >= 1, or 0 (no memory)"),
+    ("+mint.memory.size=3", "mint.memory.size is no memory setting"),
+    ("mint.head.output_features=[memory]", "has 'memory' but the model has no membership memory"),
 ]
 
 
@@ -72,6 +75,13 @@ def test_validate_config_names_the_fix(override, message):
 @pytest.mark.parametrize("option", ["small_cnn", "resnet18", "vit_tiny", "mobilenetv3_small"])
 def test_shipped_models_pass(option):
     validate_config(_compose(NO_DATA, f"model={option}", "mint=passive"))
+
+
+def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
+    proc = _run(tmp_path, "dataset.augmnt=flip_crop")
+    _one_line_error(proc, "Could not override 'dataset.augmnt'. Key 'augmnt' is not in struct")
+    assert "add a new key with a leading +" in proc.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def output_statistics(
         elif name == "memory":
             if memory_logits is None:
                 raise ValueError("the memory feature needs the membership memory's logits")
-            columns.append(5.0 * memory_margin(memory_logits.float(), labels)[:, None])
+            columns.append(25.0 * memory_margin(memory_logits.float(), labels)[:, None])
         else:
             raise ValueError(f"unknown output feature {name!r}: use {', '.join(OUTPUT_FEATURES)}")
     return torch.cat(columns, dim=1) / 5.0  # roughly unit scale

@@ -1,10 +1,12 @@
 """The generalizing-aMINT study (issue 9): what makes the MINT head detect members it never saw?
 
 Runs `python -m amint_pl.run` for each variant x seed (real runs, one after another), reads each
-run's results.json, and writes a table (CSV + Markdown) and a trade-off plot:
+run's results.json, and writes a table (study.csv, study.md), a per-variant summary over the seeds
+(summary.md) and a trade-off plot (tradeoff.png). Hydra overrides for every run go after `--`:
 
     python experiments/generalizing_amint/study.py --data fashion_mnist --seeds 0 1 2 \
-        --variants paper_faithful outputs outputs_strict_stop --out experiments/results/generalizing
+        --variants paper_faithful general_preset --out experiments/results/generalizing \
+        -- "model.kwargs.widths=[16,32,64]" trainer.max_epochs=15
 
 Each variant is a list of Hydra overrides (VARIANTS below); the base setting is the issue's:
 Fashion-MNIST, 5,000 MINT-positive members + 1,000 CE-only members, 5,000 external samples.
@@ -68,9 +70,11 @@ VARIANTS: dict[str, list[str]] = {
     ],
     "head_dropout_wd": ["mint=active", "mint.head.dropout=0.5", "optim.weight_decay=1e-4"],
     "augment": ["mint=active", "dataset.augment=flip_crop"],
-    # The preset: membership memory + output statistics beside the taps.
+    # The preset: membership memory, the head reading output statistics (no taps).
     "general_preset": ["mint=active_general"],
     "general_preset_augment": ["mint=active_general", "dataset.augment=flip_crop"],
+    # The preset, its head also reading the taps (as mint=active's does).
+    "general_with_taps": ["mint=active_general", "mint.head.tap_features=true"],
     "passive": ["mint=passive"],
     "off": ["mint=off"],
 }
@@ -150,7 +154,43 @@ def write_table(rows: list[dict], out: Path) -> None:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     (out / "study.md").write_text("\n".join(lines) + "\n")
+    (out / "summary.md").write_text(summary_table(rows))
     print("\n".join(lines))
+
+
+SUMMARY = [
+    ("test_acc", "test acc"),
+    ("paper_mint_auc", "paper AUC"),
+    ("strict_mint_auc", "strict AUC"),
+    ("strict_mint_tpr1", "strict TPR@1%FPR"),
+    ("strict_loss_auc", "strict LOSS AUC"),
+    ("wall_s", "wall s"),
+]
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One line per variant: the mean over its completed seeds, and the range where several."""
+    lines = [
+        "| variant | seeds | " + " | ".join(title for _, title in SUMMARY) + " |",
+        "|---|---|" + "---|" * len(SUMMARY),
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        done = [r for r in rows if r["variant"] == variant and r.get("status") == "completed"]
+        if not done:
+            continue
+        cells = []
+        for key, _ in SUMMARY:
+            values = [float(r[key]) for r in done if r.get(key) not in (None, "")]
+            if not values:
+                cells.append("-")
+                continue
+            digits = 0 if key == "wall_s" else 3
+            mean = f"{sum(values) / len(values):.{digits}f}"
+            if len(values) > 1:
+                mean += f" ({min(values):.{digits}f}-{max(values):.{digits}f})"
+            cells.append(mean)
+        lines.append(f"| {variant} | {len(done)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], out: Path) -> None:
