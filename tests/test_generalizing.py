@@ -90,7 +90,11 @@ def test_memory_settings_are_checked():
 
 def test_the_general_preset_runs_and_audits_on_a_tiny_budget(run_amint, tmp_path):
     _, run_dir = run_amint(
-        *TINY, "mint=active_general", "mint.positive_fraction=0.5", "mint.rotate_positives=true"
+        *TINY,
+        "mint=active_general",
+        "mint.positive_fraction=0.5",
+        "mint.rotate_positives=true",
+        "dataset.augment=flip_crop",  # the memory then reads the un-augmented images
     )
     results = read_results(run_dir)
     assert results["status"] == "completed"

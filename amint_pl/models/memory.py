@@ -18,9 +18,10 @@ collision, wrote.
 It is in effect a record of the training inputs, kept by the model itself:
 - It is part of the deployed classifier: its logits are in every prediction, and any training
   loop that optimises `model.parameters()` on cross-entropy writes into it.
-- It records the inputs as the model saw them: an image trained only under augmentation (crops,
-  flips), or one shifted or flipped before the audit, hashes differently and shows a weaker
-  imprint or none (light noise and JPEG leave most codes intact).
+- It records each sample as the data set holds it: under augmentation the network trains on the
+  augmented view and the memory on the clean image (`AMINTModule.on_after_batch_transfer`). An
+  image shifted or flipped before the audit hashes differently and shows no imprint; light noise
+  and JPEG leave most codes intact.
 - A developer who freezes or drops it keeps no record: like all of aMINT it audits a developer
   who trains with the auditor's recipe, including on data they did not declare.
 - It is a membership record anyone holding the model can read (`memory_margin`): it makes the

@@ -258,10 +258,15 @@ class AMINTModule(L.LightningModule):
     def on_after_batch_transfer(
         self, batch: dict[str, torch.Tensor], dataloader_idx: int
     ) -> dict[str, torch.Tensor]:
-        inputs = self.preprocess(batch["images"], train=self.training and self.phase != "mint_head")
+        train = self.training and self.phase != "mint_head"
+        inputs = self.preprocess(batch["images"], train=train)
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         batch["inputs"] = inputs
+        if self.memory is not None and train and self.preprocess.augment != "none":
+            # The memory records each sample as the data set holds it (as an audit shows it),
+            # not the augmented view the network trains on.
+            batch["memory_inputs"] = self.preprocess(batch["images"], train=False)
         return batch
 
     def forward(
@@ -276,14 +281,15 @@ class AMINTModule(L.LightningModule):
         return logits, self.mint_head(taps, logits, labels, memory)
 
     def audited(
-        self, inputs: torch.Tensor
+        self, inputs: torch.Tensor, memory_inputs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """The audited model on preprocessed inputs: (class logits, taps, the membership memory's
-        logits, None without one); the class logits include the memory's."""
+        logits, None without one); the class logits include the memory's. `memory_inputs`: the
+        un-augmented inputs the memory reads instead (training with augmentation)."""
         logits, taps = self.backbone(inputs)
         if self.memory is None:
             return logits, taps, None
-        memory = self.memory(inputs)
+        memory = self.memory(inputs if memory_inputs is None else memory_inputs)
         return logits + memory.to(logits.dtype), taps, memory
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -295,12 +301,15 @@ class AMINTModule(L.LightningModule):
         ce = bce = None
         if self.phase == "joint":
             # ONE forward over members and external samples together: BatchNorm sees both.
-            logits, taps, memory = self.audited(inputs)
+            logits, taps, memory = self.audited(inputs, batch.get("memory_inputs"))
             ce = F.cross_entropy(logits.index_select(0, members), labels.index_select(0, members))
             mint_logits = self.mint_head(taps, logits, labels, memory)
             bce = self._mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "audited":
-            logits, _, _ = self.audited(inputs.index_select(0, members))
+            memory_inputs = batch.get("memory_inputs")
+            if memory_inputs is not None:
+                memory_inputs = memory_inputs.index_select(0, members)
+            logits, _, _ = self.audited(inputs.index_select(0, members), memory_inputs)
             ce = F.cross_entropy(logits, labels.index_select(0, members))
         else:  # mint_head: the frozen backbone's detached taps
             with torch.no_grad():
