@@ -39,7 +39,8 @@ from torch import nn
 
 from amint_pl.errors import ConfigError
 
-MEMORY_KEYS = ("bands", "bits", "buckets", "scale", "seed")
+# The settings (`mint.memory.*`) and their defaults when a memory is built.
+DEFAULTS = {"bands": 16, "bits": 24, "buckets": 262144, "scale": 1.0, "seed": 0}
 # The largest side the image is average-pooled to before hashing (keeps the projection small).
 HASH_SIDE = 32
 _MULTIPLIER = 2654435761  # Knuth's multiplicative hash
@@ -63,11 +64,11 @@ class MembershipMemory(nn.Module):
         self,
         in_shape: tuple[int, int, int],
         num_classes: int,
-        bands: int = 16,
-        bits: int = 24,
-        buckets: int = 262144,
-        scale: float = 1.0,
-        seed: int = 0,
+        bands: int = DEFAULTS["bands"],
+        bits: int = DEFAULTS["bits"],
+        buckets: int = DEFAULTS["buckets"],
+        scale: float = DEFAULTS["scale"],
+        seed: int = DEFAULTS["seed"],
     ) -> None:
         super().__init__()
         channels, height, width = in_shape
@@ -113,30 +114,23 @@ def memory_from_config(
 ) -> MembershipMemory | None:
     """The memory a `mint.memory` config node describes; None when `bands` is 0 (the default)."""
     cfg = dict(memory_cfg or {})
-    unknown = sorted(set(cfg) - set(MEMORY_KEYS))
+    unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise ConfigError(
-            f"mint.memory.{unknown[0]} is no memory setting: use {', '.join(MEMORY_KEYS)}"
+            f"mint.memory.{unknown[0]} is no memory setting: use {', '.join(DEFAULTS)}"
         )
-    bands = cfg.get("bands", 0)
-    if not bands:
+    if not cfg.get("bands"):
         return None
-    values = {k: cfg.get(k, d) for k, d in (("bits", 24), ("buckets", 262144), ("seed", 0))}
+    values = {**DEFAULTS, **cfg}
+    bands, bits, buckets, scale = (values[k] for k in ("bands", "bits", "buckets", "scale"))
     if not isinstance(bands, int) or bands < 0:
         raise ConfigError(f"mint.memory.bands={bands}: use a whole number >= 1, or 0 (no memory)")
-    if not isinstance(values["bits"], int) or not 1 <= values["bits"] <= 30:
-        raise ConfigError(f"mint.memory.bits={values['bits']}: use a whole number from 1 to 30")
-    if not isinstance(values["buckets"], int) or values["buckets"] < 2:
-        raise ConfigError(f"mint.memory.buckets={values['buckets']}: use a whole number >= 2")
-    scale = cfg.get("scale", 1.0)
+    if not isinstance(bits, int) or not 1 <= bits <= 30:
+        raise ConfigError(f"mint.memory.bits={bits}: use a whole number from 1 to 30")
+    if not isinstance(buckets, int) or buckets < 2:
+        raise ConfigError(f"mint.memory.buckets={buckets}: use a whole number >= 2")
     if not isinstance(scale, int | float) or scale <= 0:
         raise ConfigError(f"mint.memory.scale={scale}: use a number > 0")
     return MembershipMemory(
-        in_shape,
-        num_classes,
-        bands=bands,
-        bits=values["bits"],
-        buckets=values["buckets"],
-        scale=float(scale),
-        seed=int(values["seed"]),
+        in_shape, num_classes, bands, bits, buckets, float(scale), int(values["seed"])
     )
