@@ -116,6 +116,23 @@ def quick(settings: Settings) -> Settings:
 
 
 # ------------------------------------------------------------------------------------ machine
+def bare_trainer(device: torch.device, settings: Settings, **limits: Any) -> L.Trainer:
+    """A Lightning trainer that only trains: one device, no logging, checkpoints or validation."""
+    return L.Trainer(
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+        precision=settings.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+        **limits,
+    )
+
+
 def cpu_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -327,20 +344,7 @@ def lightning_run(
             settings.seed,
             on_device=settings.on_device,
         )
-        trainer = L.Trainer(
-            accelerator="gpu" if device.type == "cuda" else "cpu",
-            devices=1,
-            precision=settings.precision,
-            max_steps=settings.steps,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-            use_distributed_sampler=False,
-            callbacks=[clock],
-        )
+        trainer = bare_trainer(device, settings, max_steps=settings.steps, callbacks=[clock])
         trainer.fit(module, datamodule=datamodule)
         total = time.perf_counter() - started
     per_step = settings.batch_size if module.phase == "joint" else settings.batch_size // 2
@@ -714,19 +718,7 @@ def bench_scaling(settings: Settings, model: str, device: torch.device) -> dict[
                 on_device=settings.on_device,
             )
             setup_s = time.perf_counter() - started
-            trainer = L.Trainer(
-                accelerator="gpu" if device.type == "cuda" else "cpu",
-                devices=1,
-                precision=settings.precision,
-                max_epochs=1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                use_distributed_sampler=False,
-            )
+            trainer = bare_trainer(device, settings, max_epochs=1)
             fit_start = time.perf_counter()
             trainer.fit(module, datamodule=datamodule)
             sync(device)

@@ -46,6 +46,21 @@ def run_dirs(log_dir: Path) -> list[Path]:
     return sorted((p.parent for p in log_dir.rglob(".hydra")), key=lambda p: p.stat().st_mtime)
 
 
+def run_into(
+    log_dir: Path, data_dir: Path, *overrides: str, multirun: bool = False
+) -> tuple[subprocess.CompletedProcess, Path | None]:
+    """Run `python -m amint_pl.run` into log_dir with its own data dir: (process, newest run dir)."""
+    proc = run_module(
+        "amint_pl.run",
+        *(["-m"] if multirun else []),
+        f"paths.log_dir={log_dir}",
+        f"paths.data_dir={data_dir}",
+        *overrides,
+    )
+    dirs = run_dirs(log_dir) if log_dir.exists() else []
+    return proc, (dirs[-1] if dirs else None)
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import read_results, run_dirs, run_module
+from tests.conftest import read_results, run_dirs, run_into
 from tests.test_benchmarks import (
     truncate,
     write_cifar,
@@ -48,17 +48,7 @@ WRITERS = {
 
 
 def run(tmp_path: Path, *overrides: str, multirun: bool = False):
-    log_dir = tmp_path / "runs"
-    flags = ["-m"] if multirun else []
-    proc = run_module(
-        "amint_pl.run",
-        *flags,
-        f"paths.log_dir={log_dir}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        *overrides,
-    )
-    dirs = run_dirs(log_dir) if log_dir.exists() else []
-    return proc, (dirs[-1] if dirs else None)
+    return run_into(tmp_path / "runs", tmp_path / "data", *overrides, multirun=multirun)
 
 
 def test_run_trains_and_reports_on_every_dataset(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 from amint_pl.errors import ConfigError
 from amint_pl.evaluation.metrics import membership_metrics
 from amint_pl.evaluation.reference import reference_roles, rmia_scores
-from tests.conftest import TINY, read_results, run_dirs, run_module
+from tests.conftest import TINY, read_results, run_into
 
 
 # ------------------------------------------------------------------------------- the score
@@ -93,15 +93,7 @@ REFERENCE = [*TINY, "attack.reference=true", "attack.reference_models=2"]
 
 
 def _run(tmp_path, name, *overrides):
-    log_dir = tmp_path / name
-    proc = run_module(
-        "amint_pl.run",
-        f"paths.log_dir={log_dir}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        *overrides,
-    )
-    dirs = run_dirs(log_dir) if log_dir.exists() else []
-    return proc, (dirs[-1] if dirs else None)
+    return run_into(tmp_path / name, tmp_path / "data", *overrides)
 
 
 @pytest.fixture(scope="module")
