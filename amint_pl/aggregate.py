@@ -9,7 +9,10 @@ given, else the current directory):
   TPR at 1% FPR in the paper protocol, the strict protocol's AUC, the audited model's test
   accuracy, and the paper's published numbers beside them; failed and unfinished runs are rows too,
   with their status and error;
-- `aggregate.md`: the same as Markdown (printed too), failed and unfinished runs listed apart;
+  and the 95% bootstrap intervals of AUC and TPR at 1% FPR;
+- `aggregate_seeds.csv`: runs that differ only by their seed reduced to mean and standard
+  deviation, with the number of seeds;
+- `aggregate.md`: both as Markdown (printed too), failed and unfinished runs listed apart;
 - `aggregate_heatmap.png`: AUC and TPR at 1% FPR of every method of every completed run.
 
 Methods: `amint` (the MINT head of a mint=active run), `passive_mint` (of a mint=passive run),
@@ -63,9 +66,29 @@ COLUMNS = (
     "aud_acc",
     "paper_mint_acc",
     "paper_aud_acc",
+    "auc_ci_low",
+    "auc_ci_high",
+    "tpr_at_1%_fpr_ci_low",
+    "tpr_at_1%_fpr_ci_high",
+    "n_members",
+    "n_nonmembers",
+    "recipe",
     "run_dir",
     "error",
 )
+# What the seeds of one recipe are reduced to (mean and standard deviation).
+SEED_METRICS = ("mint_acc", "acc_at_0.5", "auc", "tpr_at_1%_fpr", "strict_auc", "aud_acc")
+SEED_KEYS = ("dataset", "model", "taps", "mint_mode", "method", "recipe")
+SEED_COLUMNS = (
+    *SEED_KEYS,
+    "n_seeds",
+    "seeds",
+    *(f"{m}_{stat}" for m in SEED_METRICS for stat in ("mean", "std")),
+    "paper_mint_acc",
+    "paper_aud_acc",
+)
+# Config keys that do not change what a run measures: left out of its recipe.
+NOT_RECIPE = ("seed", "paths", "ckpt_path", "logger", "hydra")
 
 
 def paper_model(name: str) -> str | None:
@@ -186,6 +209,23 @@ def _config_of(run_dir: Path) -> dict[str, Any]:
     }
 
 
+def recipe_of(run_dir: Path) -> str:
+    """A short digest of the run's composed config without its seed (and paths, loggers):
+    runs with equal recipes differ only by their seed. Empty when the config cannot be read."""
+    import hashlib
+
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
+    except Exception:
+        return ""
+    for key in NOT_RECIPE:
+        cfg.pop(key, None)
+    text = json.dumps(cfg, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def _method_name(method: str, mint_mode: str) -> str:
     if method != "mint":
         return method
@@ -218,14 +258,22 @@ def rows_of_run(run_dir: Path, figures: PaperFigures) -> list[dict[str, Any]]:
         return [{**base, "error": error}]
     audited = (results.get("audited") or {}).get("test_acc")
     strict = membership.get("strict") or {}
+    base["recipe"] = recipe_of(run_dir)
     rows = []
     for method, m in membership["paper"].items():
         name = _method_name(method, base["mint_mode"])
         paper_acc, paper_aud = figures.lookup(base["dataset"], base["model"], base["taps"], name)
+        auc_ci, tpr_ci = m.get("auc_ci") or (None, None), m.get("tpr_at_1%_fpr_ci") or (None, None)
         rows.append(
             {
                 **base,
                 "method": name,
+                "auc_ci_low": auc_ci[0],
+                "auc_ci_high": auc_ci[1],
+                "tpr_at_1%_fpr_ci_low": tpr_ci[0],
+                "tpr_at_1%_fpr_ci_high": tpr_ci[1],
+                "n_members": m.get("n_members"),
+                "n_nonmembers": m.get("n_nonmembers"),
                 "mint_acc": m.get("balanced_acc_calibrated"),
                 "acc_at_0.5": m.get("acc_at_0.5"),
                 "auc": m.get("auc"),
@@ -275,13 +323,39 @@ def aggregate(
     return sorted(rows, key=_sort_key)
 
 
+def over_seeds(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Completed runs that differ only by their seed (same recipe), per method: the mean and the
+    standard deviation (ddof 1; 0 for one seed) of each metric, with the number of seeds."""
+    import numpy as np
+
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "completed":
+            groups.setdefault(tuple(r.get(k) for k in SEED_KEYS), []).append(r)
+    reduced = []
+    for key, members in groups.items():
+        row: dict[str, Any] = dict(zip(SEED_KEYS, key, strict=True))
+        row["n_seeds"] = len(members)
+        row["seeds"] = " ".join(str(s) for s in sorted(str(m.get("seed")) for m in members))
+        for metric in SEED_METRICS:
+            values = np.array([float(m[metric]) for m in members if m.get(metric) is not None])
+            row[f"{metric}_mean"] = float(values.mean()) if len(values) else None
+            row[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        row["paper_mint_acc"] = members[0].get("paper_mint_acc")
+        row["paper_aud_acc"] = members[0].get("paper_aud_acc")
+        reduced.append(row)
+    return sorted(reduced, key=_sort_key)
+
+
 # ------------------------------------------------------------------------------------ writing
-def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+def write_csv(
+    path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] = COLUMNS
+) -> None:
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: _csv_value(row.get(k)) for k in COLUMNS})
+            writer.writerow({k: _csv_value(row.get(k)) for k in columns})
 
 
 def _csv_value(value: Any) -> Any:
@@ -297,8 +371,45 @@ def _fmt(value: Any, meaningful: Any = True) -> str:
     return text if meaningful is not False else f"({text})"
 
 
+def _interval(row: Mapping[str, Any], key: str) -> str:
+    low, high = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    if low in (None, "") or high in (None, ""):
+        return ""
+    return f" [{float(low):.3f}, {float(high):.3f}]"
+
+
+def _mean_std(row: Mapping[str, Any], metric: str) -> str:
+    mean = row.get(f"{metric}_mean")
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} ± {row[f'{metric}_std']:.3f}"
+
+
+def _seeds_markdown(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = [
+        f"## Over seeds: {len(rows)} recipes and methods, mean ± standard deviation",
+        "",
+        "Runs that differ only by their seed, reduced per method (n: the number of seeds; "
+        "± 0.000 with one seed).",
+        "",
+        "| dataset | model | taps | mint | method | n | MINT acc (cal.) | AUC | TPR@1%FPR "
+        "| strict AUC | audited acc | paper MINT acc |",
+        "|" + "---|" * 5 + "---:|" * 7,
+    ]
+    for r in rows:
+        cells = [str(r[k]) for k in ("dataset", "model", "taps", "mint_mode", "method")]
+        cells.append(str(r["n_seeds"]))
+        cells += [
+            _mean_std(r, m) for m in ("mint_acc", "auc", "tpr_at_1%_fpr", "strict_auc", "aud_acc")
+        ]
+        cells.append(_fmt(r.get("paper_mint_acc")))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
-    """The table as Markdown: completed runs by method, then failed and unfinished runs."""
+    """The table as Markdown: completed runs by method, the same over seeds, then failed and
+    unfinished runs."""
     done = [r for r in rows if r.get("status") == "completed"]
     other = [r for r in rows if r.get("status") != "completed"]
     lines = [
@@ -318,8 +429,9 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                     str(r["method"]),
                     _fmt(r.get("mint_acc")),
                     _fmt(r.get("acc_at_0.5")),
-                    _fmt(r.get("auc")),
-                    _fmt(r.get("tpr_at_1%_fpr"), r.get("tpr_at_1%_fpr_meaningful")),
+                    _fmt(r.get("auc")) + _interval(r, "auc"),
+                    _fmt(r.get("tpr_at_1%_fpr"), r.get("tpr_at_1%_fpr_meaningful"))
+                    + _interval(r, "tpr_at_1%_fpr"),
                     _fmt(r.get("strict_auc")),
                     _fmt(r.get("aud_acc")),
                     _fmt(r.get("paper_mint_acc")),
@@ -332,12 +444,17 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         f"## Membership inference: {len({r['run_dir'] for r in done})} completed runs",
         "",
         "Paper protocol (members = samples the MINT head was trained on) unless marked strict. "
-        "MINT acc (cal.): balanced accuracy at the threshold calibrated on the calibration sets; "
+        "Every member of the protocol's role and every test non-member is scored; accuracies "
+        "are balanced (the mean of TPR and TNR). MINT acc (cal.): balanced accuracy at the "
+        "threshold calibrated on the calibration sets; [low, high]: the bootstrap interval "
+        "(bootstrap.confidence, 95% by default); "
         "(x): fewer than 100 non-members, too few to measure 1% FPR. Paper columns: the "
         "published accuracy (threshold 0.5) for the same data set, model and tap setup.",
         "",
         *lines,
     ]
+    if done:
+        text += ["", *_seeds_markdown(over_seeds(rows))]
     if other:
         text += [
             "",
@@ -418,6 +535,7 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: Path) -> str:
     """Write aggregate.csv, aggregate.md and aggregate_heatmap.png into out; return the Markdown."""
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "aggregate.csv", rows)
+    write_csv(out / "aggregate_seeds.csv", over_seeds(rows), SEED_COLUMNS)
     text = markdown(rows)
     (out / "aggregate.md").write_text(text)
     if any(r.get("status") == "completed" for r in rows):
@@ -458,7 +576,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(text)
-    written = [out / n for n in ("aggregate.csv", "aggregate.md", "aggregate_heatmap.png")]
+    names = ("aggregate.csv", "aggregate_seeds.csv", "aggregate.md", "aggregate_heatmap.png")
+    written = [out / n for n in names]
     print("written: " + ", ".join(str(p) for p in written if p.exists()))
 
 

@@ -20,6 +20,7 @@ scores each sample once (duplicates are dropped by `report.scored_samples`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -96,8 +97,8 @@ def started_as_a_rank() -> bool:
 
 class ShardReport(Callback):
     """What each rank really did, for results.json: the process-group size during fit, the training
-    samples of the first epoch (members, external, batches that were not balanced) and the
-    scored samples. Given a `children` list, it also takes the child ranks over from Lightning's
+    samples of the first epoch (members, external, batches that were not balanced), a digest of
+    each epoch's first batch (epochs draw new batches) and the scored samples. Given a `children` list, it also takes the child ranks over from Lightning's
     watchdog, which SIGKILLs the launching process (under `-m`: the whole sweep) when one of them
     exits non-zero; the job then reaps them itself.
 
@@ -115,6 +116,7 @@ class ShardReport(Callback):
         self.unbalanced_batches = 0
         self.member_keys: set[tuple[int, int]] = set()
         self.scored = 0
+        self.first_batches: list[str] = []
         self._first_epoch_done = False
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -132,6 +134,9 @@ class ShardReport(Callback):
     def on_train_batch_start(
         self, trainer: Any, pl_module: Any, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> None:
+        if batch_idx == 0:
+            keys = batch["index"].cpu().numpy().astype("<i8").tobytes()
+            self.first_batches.append(hashlib.sha256(keys).hexdigest()[:16])
         if self._first_epoch_done:
             return
         role = batch["role"].cpu()
@@ -168,6 +173,7 @@ class ShardReport(Callback):
             "batches": self.batches,
             "unbalanced_batches": self.unbalanced_batches,
             "scored": self.scored,
+            "first_batches": self.first_batches,
         }
         ranks = gather_objects((mine, self.member_keys))
         return {

@@ -491,7 +491,9 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
             output_dir,
             lambda ref_cfg, root: _trainer(ref_cfg, root, "audited", "val/aud_acc", []),
         )
-    membership = membership_results(samples, splits)
+    membership = membership_results(
+        samples, splits, int(cfg.bootstrap.resamples), float(cfg.bootstrap.confidence)
+    )
     audited = audited_accuracy(samples)
     evaluation = {
         "audited": audited,
@@ -505,6 +507,9 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
         ],
         "best_checkpoints": best_checkpoints,
         "epochs_trained": int(trainer.current_epoch),
+        "training": datamodule.samples_used(
+            module.phases, [p for p in module.phases if p != "audited"]
+        ),
         "distributed": distributed,
     }
     if reference_attack_summary is not None:

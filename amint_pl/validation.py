@@ -36,6 +36,7 @@ RESUMABLE_KEYS = (
     "paths",
     "logger",
     "attack",  # evaluation only: the reference-model attack trains its own models
+    "bootstrap",  # evaluation only: the confidence intervals
     "trainer.max_epochs",
     "mint.head_max_epochs",
     "early_stopping_patience",
@@ -101,14 +102,16 @@ def _check_splits(splits: Mapping[str, Any], seed: int) -> None:
     except TypeError as err:
         raise ConfigError(
             f"dataset.splits: {err}; the keys are members, members_unseen_fraction, external, "
-            "nonmembers_calib, nonmembers_eval, calib_fraction"
+            "nonmembers_calib, nonmembers_eval, calib_fraction, population"
         ) from err
     for key in ("members", "external", "nonmembers_calib"):
         _positive_int(getattr(sizes, key), f"dataset.splits.{key}")
     if sizes.nonmembers_eval is not None:
         _positive_int(sizes.nonmembers_eval, "dataset.splits.nonmembers_eval", " or null (all)")
+    if sizes.population is not None:
+        _positive_int(sizes.population, "dataset.splits.population", " or null (the rest)")
     n_test = sizes.nonmembers_calib + (sizes.nonmembers_eval or 1)
-    build_splits(sizes.members + sizes.external, n_test, sizes, seed)
+    build_splits(sizes.members + sizes.external + (sizes.population or 0), n_test, sizes, seed)
 
 
 def _check_model(cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
@@ -241,6 +244,21 @@ def _check_training(cfg: Mapping[str, Any]) -> None:
     )
 
 
+def _check_bootstrap(bootstrap: Mapping[str, Any]) -> None:
+    resamples = bootstrap.get("resamples")
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 0:
+        raise ConfigError(
+            f"bootstrap.resamples={resamples} must be an integer >= 0 (0: no intervals)"
+        )
+    confidence = bootstrap.get("confidence")
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, int | float)
+        or not (0 < confidence < 1)
+    ):
+        raise ConfigError(f"bootstrap.confidence={confidence} must lie in (0, 1), e.g. 0.95")
+
+
 def _check_ckpt_path(ckpt_path: Any) -> None:
     if ckpt_path in (None, "last"):
         return
@@ -263,6 +281,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         cfg = OmegaConf.to_container(cfg, resolve=True)
     _check_dataset(cfg["dataset"])
     _check_training(cfg)
+    _check_bootstrap(cfg.get("bootstrap") or {})
     _check_splits(cfg["dataset"]["splits"], int(cfg["seed"]))
     _check_mint(cfg)
     _check_loggers(cfg.get("logger"))

@@ -140,3 +140,31 @@ def test_nothing_to_aggregate_is_one_line_and_exit_2(tmp_path):
     ]
     missing = run_module("amint_pl.aggregate", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_runs_that_differ_only_by_seed_reduce_to_mean_and_std(tmp_path):
+    aucs = {0: 0.80, 1: 0.90, 2: 0.85}
+    for seed, value in aucs.items():
+        for lr, name in ((1e-3, f"s{seed}"), (1e-4, f"slow{seed}")):
+            results = _results("mnist", "resnet50", "middle", "active", ["mint"])
+            results["seed"] = seed
+            results["membership"]["paper"]["mint"] = {
+                **results["membership"]["paper"]["mint"],
+                "auc": value if lr == 1e-3 else 0.6,
+                "auc_ci": [value - 0.05, value + 0.05],
+            }
+            run = tmp_path / name
+            (run / ".hydra").mkdir(parents=True)
+            (run / "results.json").write_text(json.dumps(results))
+            config = f"seed: {seed}\noptim:\n  lr: {lr}\npaths:\n  output_dir: {run}\n"
+            (run / ".hydra" / "config.yaml").write_text(config)
+    proc = run_module("amint_pl.aggregate", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "aggregate_seeds.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["method"] == "amint"]
+    assert len(rows) == 2  # two learning rates: two recipes, three seeds each
+    fast = next(r for r in rows if float(r["auc_mean"]) > 0.7)
+    assert fast["n_seeds"] == "3" and fast["seeds"] == "0 1 2"
+    assert float(fast["auc_mean"]) == pytest.approx(0.85)
+    assert float(fast["auc_std"]) == pytest.approx(0.05)
+    assert "0.850 ± 0.050" in proc.stdout and "[0.750, 0.850]" in proc.stdout

@@ -3,6 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from amint_pl.evaluation import metrics
 from amint_pl.evaluation.attacks import classic_attack_scores
 from amint_pl.evaluation.metrics import calibrate_threshold, membership_metrics, tpr_at_fpr
 
@@ -70,3 +71,38 @@ def test_classic_attacks_on_known_outputs():
     wrong = classic_attack_scores(torch.tensor([[0.0, 10.0, 0.0]]), torch.tensor([0]))
     assert wrong["entropy"][0] > s["entropy"][1]
     assert wrong["modified_entropy"][0] < s["modified_entropy"][1]
+
+
+@pytest.mark.parametrize(("n_members", "n_nonmembers"), [(5, 7), (60, 30), (400, 1500)])
+def test_a_bootstrap_resample_scores_as_the_resampled_sets_would(n_members, n_nonmembers):
+    # Each resample is a weighting of the samples by their draw counts: it must give exactly what
+    # the metrics give on the resampled sets written out (ties included: scores are rounded).
+    rng = np.random.default_rng(n_members)
+    for _ in range(10):
+        members = np.round(rng.normal(0.4, 1, n_members), 1)
+        nonmembers = np.round(rng.normal(0, 1, n_nonmembers), 1)
+        counts_m = metrics._resample_counts(n_members, 1, rng)
+        counts_n = metrics._resample_counts(n_nonmembers, 1, rng)
+        for w_m, w_n in ((np.ones_like(counts_m), np.ones_like(counts_n)), (counts_m, counts_n)):
+            got = metrics._weighted_auc_and_tprs(members, nonmembers, w_m, w_n)
+            drawn_m, drawn_n = np.repeat(members, w_m[0]), np.repeat(nonmembers, w_n[0])
+            assert got["auc"][0] == pytest.approx(metrics.auc(drawn_m, drawn_n), abs=1e-6)
+            for key, fpr in metrics.FPR_TARGETS.items():
+                assert got[key][0] == pytest.approx(metrics.tpr_at_fpr(drawn_m, drawn_n, fpr))
+
+
+def test_confidence_intervals_hold_the_estimate_and_narrow_with_more_samples():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (200, 3200):
+        members, nonmembers = rng.normal(0.5, 1, n), rng.normal(0, 1, n)
+        result = metrics.membership_metrics(members, nonmembers, resamples=400, seed=1)
+        low, high = result["auc_ci"]
+        assert low < result["auc"] < high and result["resamples"] == 400
+        for key in metrics.FPR_TARGETS:
+            assert result[f"{key}_ci"][0] <= result[key] <= result[f"{key}_ci"][1]
+        widths.append(high - low)
+        again = metrics.membership_metrics(members, nonmembers, resamples=400, seed=1)
+        assert again["auc_ci"] == result["auc_ci"]  # seeded
+    assert widths[1] < widths[0] / 2  # ~1/sqrt(n): 16x the samples, ~1/4 the width
+    assert "auc_ci" not in metrics.membership_metrics(members, nonmembers)  # resamples=0

@@ -30,13 +30,29 @@ def test_roles_are_disjoint_and_sized():
         )
 
 
-def test_reported_sets_are_balanced_and_exclude_calibration():
+def test_reported_sets_hold_every_sample_but_the_calibration_slices():
     s = build_splits(1000, 500, SIZES, seed=0)
     for protocol, role in (("paper", "members_seen"), ("strict", "members_unseen")):
         members, nonmembers = s.reported(protocol)
-        assert len(members) == len(nonmembers) > 0
-        assert not set(members) & set(s[f"{role}_calib"])
-        assert set(members) <= set(s[role]) and set(nonmembers) <= set(s["nonmembers_eval"])
+        assert set(members) == set(s[role]) - set(s[f"{role}_calib"])
+        assert len(members) == len(s[role]) - len(s[f"{role}_calib"])
+        assert np.array_equal(nonmembers, s["nonmembers_eval"]) and len(nonmembers) == 400
+
+
+def test_population_is_the_rest_of_the_train_pool_and_touches_no_other_role(tmp_path):
+    s = build_splits(1000, 500, SIZES, seed=0)
+    trained = set(s.members) | set(s["external"])
+    assert len(s["population"]) == 1000 - 700 and not set(s["population"]) & trained
+    capped = build_splits(1000, 500, SplitSizes(**{**SIZES.__dict__, "population": 50}), seed=0)
+    assert len(capped["population"]) == 50
+    with pytest.raises(SplitError, match="population"):
+        build_splits(1000, 500, SplitSizes(**{**SIZES.__dict__, "population": 301}), seed=0)
+    # A splits file written before the role existed loads with an empty population.
+    s.save(tmp_path / "splits.npz")
+    data = {k: v for k, v in np.load(tmp_path / "splits.npz").items() if "population" not in k}
+    np.savez(tmp_path / "old.npz", **data)
+    old = MembershipSplits.load(tmp_path / "old.npz")
+    assert len(old["population"]) == 0 and "population" not in old.fingerprints()
 
 
 def test_same_seed_same_splits_other_seed_other_splits():

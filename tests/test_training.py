@@ -2,10 +2,12 @@
 
 import copy
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from amint_pl.data.benchmarks import benchmark_from_config
@@ -135,3 +137,88 @@ def test_training_batches_hold_members_and_external_only(digits):
     assert roles.count(ROLE_CODES["external"]) == 32
     assert set(roles) <= {ROLE_CODES[r] for r in ("members_seen", "members_unseen", "external")}
     assert batch["images"].dtype == torch.uint8
+
+
+class RecordBatches(L.Callback):
+    """The (index, role) pairs of every training batch, per epoch, as the Trainer feeds them."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[list[tuple[int, int]]]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        pairs = zip(batch["index"].tolist(), batch["role"].tolist(), strict=True)
+        self.epochs[-1].append(list(pairs))
+
+
+def _fit(digits, max_epochs, tmp_path, ckpt_path=None):
+    """A real Trainer fit of a tiny aMINT model: (recorded batches, datamodule, trainer)."""
+    benchmark, splits = digits
+    cfg = _config("mint.weighting=fixed")
+    module = AMINTModule(
+        cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
+    )
+    dm = MembershipDataModule(benchmark, splits, batch_size=20, eval_batch_size=256, seed=5)
+    record = RecordBatches()
+    trainer = L.Trainer(
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[record, ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    return record.epochs, dm, trainer
+
+
+@pytest.fixture(scope="module")
+def few_members():
+    """|E| = 2.5 |D|: all of E serves as MINT negatives only over 3 epochs."""
+    cfg = _config()
+    benchmark = benchmark_from_config(cfg["dataset"])
+    splits = build_splits(
+        len(benchmark.train), len(benchmark.test), SplitSizes(60, 0.2, 150, 100), seed=0
+    )
+    return benchmark, splits
+
+
+def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, tmp_path):
+    _, splits = few_members
+    epochs, dm, _ = _fit(few_members, 4, tmp_path)
+    assert len(epochs) == 4
+    members, external = set(splits.members.tolist()), set(splits["external"].tolist())
+    ext = ROLE_CODES["external"]
+    for batches in epochs:
+        seen = [i for batch in batches for i, role in batch if role != ext]
+        assert sorted(seen) == sorted(members)  # every member once per epoch
+    orders = [[i for batch in batches for i, _ in batch] for batches in epochs]
+    assert len({tuple(order) for order in orders}) == 4  # a new order every epoch
+    # Every external sample serves once before any serves twice: all of E in ceil(150/60) = 3.
+    used = [i for batches in epochs[:3] for batch in batches for i, role in batch if role == ext]
+    assert set(used) == external
+    first_two = [i for batches in epochs[:2] for batch in batches for i, r in batch if r == ext]
+    assert len(first_two) == len(set(first_two)) == 120
+    assert dm.samples_used(["joint"], ["joint"]) == {
+        "members_used": 60,
+        "external_used": 150,
+        "members": 60,
+        "external": 150,
+        "epochs": {"joint": 4},
+    }
+
+
+def test_a_resumed_run_continues_the_same_sequence_of_batches(few_members, tmp_path):
+    whole, dm_whole, _ = _fit(few_members, 4, tmp_path / "whole")
+    first, _, _ = _fit(few_members, 2, tmp_path / "stopped")
+    rest, dm_rest, _ = _fit(
+        few_members, 4, tmp_path / "stopped", tmp_path / "stopped" / "last.ckpt"
+    )
+    assert first + rest == whole
+    # The earlier attempt's epochs come back with the checkpoint: counted as if never stopped.
+    assert dm_rest.history == dm_whole.history == {"joint": {e: 6 for e in range(4)}}

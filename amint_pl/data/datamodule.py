@@ -7,8 +7,10 @@ Normalisation happens on the model's device (see `amint_pl.data.transforms`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -101,13 +103,44 @@ def _whole_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return batch
 
 
+class MemberOrder(Sampler[int]):
+    """One rank's members for one epoch, in a new seeded order each epoch (`set_epoch`).
+
+    It is the `sampler` of `BalancedBatchSampler`, where Lightning's fit loop finds it and sets
+    the epoch before every epoch (also the epoch a resumed run continues with).
+    """
+
+    def __init__(self, members: np.ndarray, seed: int, rank: int, world_size: int) -> None:
+        self.members = members
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.per_rank = math.ceil(len(members) / world_size)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def order(self, epoch: int, rank: int) -> np.ndarray:
+        """A rank's members in an epoch: an interleaved shard of the epoch's permutation, padded
+        by wrapping so that every rank takes the same number."""
+        permutation = np.random.default_rng([self.seed, 0, epoch]).permutation(self.members)
+        return np.resize(permutation, self.per_rank * self.world_size)[rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order(self.epoch, self.rank).tolist())
+
+
 class BalancedBatchSampler(Sampler[list[int]]):
     """Each batch: batch_size/2 members and batch_size/2 external samples (catalogue positions).
 
-    Every epoch visits each member once, in a new seeded order; external samples are drawn in their
-    own seeded order, cycled to match. Under DDP each rank takes an interleaved shard of both
-    orders (padded by wrapping so every rank has the same number of batches), so every rank's
-    batch is balanced and every member is seen once per epoch.
+    Every epoch visits each member once, in a new seeded order (`MemberOrder`). External samples
+    come from one endless stream of seeded permutations of E, each epoch taking the next stretch
+    of it: every external sample serves once before any serves twice, so all of E is used within
+    ceil(|E| / |D|) epochs. Under DDP each rank takes an interleaved shard of both (padded by
+    wrapping so every rank has the same number of batches): every rank's batch is balanced and
+    every member is seen once per epoch. `history` records how many batches each epoch yielded.
     """
 
     def __init__(
@@ -118,36 +151,65 @@ class BalancedBatchSampler(Sampler[list[int]]):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        history: dict[int, int] | None = None,
     ) -> None:
         if batch_size < 2 or batch_size % 2:
             raise ValueError(f"batch_size must be even and >= 2, got {batch_size}")
         if len(member_positions) == 0 or len(external_positions) == 0:
             raise ValueError("training needs members and external samples")
-        self.members = np.asarray(member_positions)
+        self.sampler = MemberOrder(np.asarray(member_positions), seed, rank, world_size)
         self.external = np.asarray(external_positions)
         self.half = batch_size // 2
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.epoch = 0
-        self.per_rank = math.ceil(len(self.members) / world_size)
+        self.history = {} if history is None else history
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return math.ceil(self.per_rank / self.half)
+        return math.ceil(self.sampler.per_rank / self.half)
 
-    def _shard(self, order: np.ndarray) -> np.ndarray:
-        total = self.per_rank * self.world_size
-        order = np.resize(order, total)  # wraps around: pads with the first entries
-        return order[self.rank :: self.world_size]
+    def external_order(self, epoch: int, rank: int) -> np.ndarray:
+        """A rank's external samples in an epoch: its shard of the epoch's stretch of the stream."""
+        members = self.sampler
+        total = members.per_rank * members.world_size
+        start, n = epoch * total, len(self.external)
+        cycles = range(start // n, (start + total - 1) // n + 1)
+        stream = np.concatenate(
+            [np.random.default_rng([members.seed, 1, c]).permutation(self.external) for c in cycles]
+        )
+        offset = start - cycles[0] * n
+        return stream[offset : offset + total][rank :: members.world_size]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        members = self._shard(rng.permutation(self.members))
-        externals = self._shard(np.resize(rng.permutation(self.external), len(self.members)))
-        for start in range(0, self.per_rank, self.half):
+    def batches(self, epoch: int, rank: int) -> Iterator[list[int]]:
+        """The batches rank `rank` trains on in epoch `epoch`."""
+        members = self.sampler.order(epoch, rank)
+        externals = self.external_order(epoch, rank)
+        for start in range(0, len(members), self.half):
             stop = start + self.half
             yield [*members[start:stop].tolist(), *externals[start:stop].tolist()]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.epoch
+        self.history[epoch] = 0
+        for batch in self.batches(epoch, self.sampler.rank):
+            self.history[epoch] += 1
+            yield batch
+
+    def positions_used(self, history: dict[int, int] | None = None) -> np.ndarray:
+        """Every catalogue position that the batches in `history` ({epoch: batches yielded},
+        default: this sampler's) held, over all ranks, sorted."""
+        history = self.history if history is None else history
+        used = [
+            np.asarray(batch)
+            for epoch, n_batches in history.items()
+            for rank in range(self.sampler.world_size)
+            for batch in itertools.islice(self.batches(epoch, rank), n_batches)
+        ]
+        return np.unique(np.concatenate(used)) if used else np.zeros(0, dtype=np.int64)
 
 
 class ShardedBatches(Sampler[list[int]]):
@@ -219,6 +281,9 @@ class MembershipDataModule(L.LightningDataModule):
         )
         self.calibration_set = IndexedSamples(pools, *catalogue(splits, CALIBRATION_ROLES))
         self.scored_set = IndexedSamples(pools, *catalogue(splits, SCORED_ROLES))
+        # {phase: {epoch: batches this rank trained on}}: kept in checkpoints, so that what a
+        # resumed run trained on before it stopped is counted too.
+        self.history: dict[str, dict[int, int]] = {}
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -260,13 +325,56 @@ class MembershipDataModule(L.LightningDataModule):
             pin_memory=pin,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
+    def _phase(self) -> str:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return str(getattr(module, "phase", "joint"))
+
+    def _balanced_sampler(self, rank: int, world: int, phase: str) -> BalancedBatchSampler:
         roles = self.training_set.role.numpy()
         members = np.flatnonzero(roles != ROLE_CODES["external"])
         external = np.flatnonzero(roles == ROLE_CODES["external"])
-        sampler = BalancedBatchSampler(members, external, self.batch_size, self.seed, rank, world)
-        return self._loader(self.training_set, sampler)
+        return BalancedBatchSampler(
+            members,
+            external,
+            self.batch_size,
+            self.seed,
+            rank,
+            world,
+            history=self.history.setdefault(phase, {}),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(
+            self.training_set, self._balanced_sampler(*self._rank_world(), self._phase())
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": {phase: dict(epochs) for phase, epochs in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for phase, epochs in state_dict.get("history", {}).items():
+            self.history.setdefault(phase, {}).update({int(e): int(n) for e, n in epochs.items()})
+
+    def samples_used(self, phases: Sequence[str], mint_phases: Sequence[str]) -> dict[str, Any]:
+        """How many distinct members, and external samples as MINT negatives (in `mint_phases`),
+        the training batches held, over every epoch (a resumed run's earlier attempts too) and
+        every rank: `{members_used, external_used, members, external, epochs: {phase: n}}`."""
+        _, world = self._rank_world()
+        roles = self.training_set.role.numpy()
+        members, external = set(), set()
+        for phase in phases:
+            positions = self._balanced_sampler(0, world, phase).positions_used()
+            is_external = roles[positions] == ROLE_CODES["external"]
+            members.update(positions[~is_external].tolist())
+            if phase in mint_phases:
+                external.update(positions[is_external].tolist())
+        return {
+            "members_used": len(members),
+            "external_used": len(external),
+            "members": int((roles != ROLE_CODES["external"]).sum()),
+            "external": int((roles == ROLE_CODES["external"]).sum()),
+            "epochs": {phase: len(self.history.get(phase, {})) for phase in phases},
+        }
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

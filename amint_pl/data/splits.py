@@ -3,7 +3,8 @@
 Roles (all disjoint; see ARCHITECTURE.md section 3):
 
 - from the train pool: `members_seen` (audited CE + MINT positives), `members_unseen` (audited CE
-  only: the strict protocol's members), `external` (MINT negatives);
+  only: the strict protocol's members), `external` (MINT negatives), `population` (never touched
+  by the target: the reference models' data and RMIA's population samples);
 - from the test pool: `nonmembers_calib` (threshold calibration, model selection) and
   `nonmembers_eval` (the reported non-members).
 
@@ -23,7 +24,9 @@ from amint_pl.errors import SplitError
 
 ROLES = ("members_seen", "members_unseen", "external", "nonmembers_calib", "nonmembers_eval")
 CALIB_SLICES = {"members_seen_calib": "members_seen", "members_unseen_calib": "members_unseen"}
-TRAIN_POOL_ROLES = ("members_seen", "members_unseen", "external")
+TRAIN_POOL_ROLES = ("members_seen", "members_unseen", "external", "population")
+# Roles a splits file may lack (files written before the role existed): they load empty.
+OPTIONAL_ROLES = ("population",)
 PROTOCOLS = {"paper": "members_seen", "strict": "members_unseen"}
 
 
@@ -42,6 +45,7 @@ class SplitSizes:
     nonmembers_calib: test-pool samples for calibration; the rest of the test pool (up to
       nonmembers_eval, None = all) are the reported non-members.
     calib_fraction: the slice of each member role kept for calibration.
+    population: train-pool samples the target never touches (None = all that D and E leave).
     """
 
     members: int
@@ -50,11 +54,12 @@ class SplitSizes:
     nonmembers_calib: int
     nonmembers_eval: int | None = None
     calib_fraction: float = 0.1
+    population: int | None = None
 
 
 @dataclass(frozen=True)
 class MembershipSplits:
-    """Pool indices of every role; `seed` also fixes the balanced subsampling of reported sets."""
+    """Pool indices of every role, drawn with `seed`."""
 
     indices: dict[str, np.ndarray]
     seed: int
@@ -68,8 +73,8 @@ class MembershipSplits:
         for pool_roles in (TRAIN_POOL_ROLES, ("nonmembers_calib", "nonmembers_eval")):
             seen: set[int] = set()
             for role in pool_roles:
-                idx = set(self.indices[role].tolist())
-                if len(idx) != len(self.indices[role]):
+                idx = set(self[role].tolist())
+                if len(idx) != len(self[role]):
                     raise SplitError(f"role {role} holds repeated indices")
                 if seen & idx:
                     raise SplitError(f"role {role} overlaps another role of its pool")
@@ -79,6 +84,8 @@ class MembershipSplits:
                 raise SplitError(f"{slice_name} is not a subset of {role}")
 
     def __getitem__(self, role: str) -> np.ndarray:
+        if role in OPTIONAL_ROLES and role not in self.indices:
+            return np.zeros(0, dtype=np.int64)
         return self.indices[role]
 
     @property
@@ -95,21 +102,13 @@ class MembershipSplits:
         return hashlib.sha256(joined.encode()).hexdigest()
 
     def reported(self, protocol: str) -> tuple[np.ndarray, np.ndarray]:
-        """The balanced reported sets of a protocol: (member indices, non-member indices).
+        """The reported sets of a protocol: (member indices, non-member indices).
 
-        Members are the protocol's role minus its calibration slice; the larger side is
-        subsampled (seeded) to the size of the smaller.
+        Every member of the protocol's role but its calibration slice, and every `nonmembers_eval`
+        sample: nothing is subsampled (accuracies are balanced instead, see `metrics`).
         """
         role = PROTOCOLS[protocol]
-        members = np.setdiff1d(self[role], self[f"{role}_calib"])
-        nonmembers = self["nonmembers_eval"]
-        n = min(len(members), len(nonmembers))
-        rng = np.random.default_rng([self.seed, 1 + list(PROTOCOLS).index(protocol)])
-        members = np.sort(rng.choice(members, n, replace=False)) if len(members) > n else members
-        nonmembers = (
-            np.sort(rng.choice(nonmembers, n, replace=False)) if len(nonmembers) > n else nonmembers
-        )
-        return members, nonmembers
+        return np.setdiff1d(self[role], self[f"{role}_calib"]), self["nonmembers_eval"]
 
     def calibration(self, protocol: str) -> tuple[np.ndarray, np.ndarray]:
         """The calibration sets of a protocol: (member slice, nonmembers_calib)."""
@@ -131,6 +130,7 @@ class MembershipSplits:
         try:
             with np.load(path) as data:
                 names = [*ROLES, *CALIB_SLICES]
+                names += [role for role in OPTIONAL_ROLES if role in data.files]
                 indices = {role: data[role].astype(np.int64) for role in names}
                 stored = {role: str(data[f"fingerprint_{role}"]) for role in names}
                 seed = int(data["seed"])
@@ -167,6 +167,11 @@ def build_splits(n_train: int, n_test: int, sizes: SplitSizes, seed: int) -> Mem
             f"dataset.splits.members + external = {sizes.members} + {sizes.external} exceeds the "
             f"train pool ({n_train}): lower them"
         )
+    if sizes.population is not None and sizes.members + sizes.external + sizes.population > n_train:
+        raise SplitError(
+            f"dataset.splits.population={sizes.population} exceeds what D and E leave of the "
+            f"train pool ({n_train - sizes.members - sizes.external}): lower it, or null for all"
+        )
     if sizes.nonmembers_calib >= n_test:
         raise SplitError(
             f"dataset.splits.nonmembers_calib={sizes.nonmembers_calib} leaves no test-pool "
@@ -187,6 +192,8 @@ def build_splits(n_train: int, n_test: int, sizes: SplitSizes, seed: int) -> Mem
     nonmembers_calib = test_order[: sizes.nonmembers_calib]
     rest = test_order[sizes.nonmembers_calib :]
     nonmembers_eval = rest if sizes.nonmembers_eval is None else rest[: sizes.nonmembers_eval]
+    untouched = train_order[sizes.members + sizes.external :]
+    population = untouched if sizes.population is None else untouched[: sizes.population]
 
     def calib_slice(role: np.ndarray) -> np.ndarray:
         n = int(round(len(role) * sizes.calib_fraction))
@@ -198,6 +205,7 @@ def build_splits(n_train: int, n_test: int, sizes: SplitSizes, seed: int) -> Mem
         "external": external,
         "nonmembers_calib": nonmembers_calib,
         "nonmembers_eval": nonmembers_eval,
+        "population": population,
         "members_seen_calib": calib_slice(members_seen),
         "members_unseen_calib": calib_slice(members_unseen),
     }

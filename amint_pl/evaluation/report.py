@@ -97,9 +97,13 @@ def audited_accuracy(samples: ScoredSamples) -> dict[str, float | int]:
 
 
 def membership_results(
-    samples: ScoredSamples, splits: MembershipSplits
+    samples: ScoredSamples,
+    splits: MembershipSplits,
+    resamples: int = 0,
+    confidence: float = 0.95,
 ) -> dict[str, dict[str, Any]]:
-    """{protocol: {method: metrics}} for every protocol with members."""
+    """{protocol: {method: metrics}} for every protocol with members, on every reported sample;
+    with `resamples`, bootstrap confidence intervals (seeded with the splits' seed)."""
     results: dict[str, dict[str, Any]] = {}
     for protocol, role in PROTOCOLS.items():
         members, nonmembers = splits.reported(protocol)
@@ -119,6 +123,9 @@ def membership_results(
                 score[rows["calib_members"]],
                 score[rows["calib_nonmembers"]],
                 probability=method == "mint",
+                resamples=resamples,
+                seed=splits.seed,
+                confidence=confidence,
             )
             for method, score in samples.scores.items()
         }
@@ -279,42 +286,61 @@ def plot_score_hist(path: Path, samples: ScoredSamples, title: str) -> None:
     plt.close(fig)
 
 
-def _fmt(value: Any, meaningful: bool = True) -> str:
+def _fmt(value: Any, meaningful: bool = True, interval: Sequence[float] | None = None) -> str:
     if value is None:
         return "-"
     text = f"{value:.3f}"
+    if interval is not None:  # compact: [.578, .661]
+        low, high = (f"{x:.3f}".replace("0.", ".", 1) for x in interval)
+        text += f" [{low}, {high}]"
     return text if meaningful else f"({text})"
+
+
+def _table_caption(membership: Mapping[str, Any]) -> str:
+    first = next((m for methods in membership.values() for m in methods.values()), {})
+    lines = ["accuracies are balanced (mean of TPR and TNR); (x): fewer than 1/FPR non-members"]
+    if first.get("resamples"):
+        level = f"{100 * first['confidence']:g}%"
+        lines.insert(0, f"[low, high]: {level} bootstrap interval, {first['resamples']} resamples")
+    return "\n".join(lines)
 
 
 def print_table(results: Mapping[str, Any]) -> None:
     """The end-of-run summary: audited accuracy and every method in both protocols."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     audited = results["audited"]
     table = Table(
         title=f"aMINT {results['mint_mode']} | {results['dataset']} | {results['model']} | audited test acc {audited['test_acc']:.3f}",
-        caption="(x): not meaningful, fewer than 1/FPR non-members",
+        caption=escape(_table_caption(results["membership"])),
     )
     for column in (
         "protocol",
         "method",
+        "members / non-m.",
         "AUC",
-        "acc@0.5",
-        "bal. acc (calibrated)",
+        "bal. acc@0.5",
+        "bal. acc (cal.)",
         "TPR@1%FPR",
         "TPR@0.1%FPR",
     ):
-        table.add_column(column, justify="left" if column in ("protocol", "method") else "right")
+        left = column in ("protocol", "method")
+        table.add_column(column, justify="left" if left else "right", no_wrap=not left)
     for protocol, methods in results["membership"].items():
         for method, m in methods.items():
-            table.add_row(
+            cells = [
                 protocol,
                 _method_label(method),
-                _fmt(m["auc"]),
+                f"{m['n_members']} / {m['n_nonmembers']}",
+                _fmt(m["auc"], interval=m.get("auc_ci")),
                 _fmt(m["acc_at_0.5"]),
                 _fmt(m["balanced_acc_calibrated"]),
-                _fmt(m["tpr_at_1%_fpr"], m["tpr_at_1%_fpr_meaningful"]),
-                _fmt(m["tpr_at_0.1%_fpr"], m["tpr_at_0.1%_fpr_meaningful"]),
-            )
-    Console(width=120).print(table)
+                *(
+                    _fmt(m[key], m[f"{key}_meaningful"], m.get(f"{key}_ci"))
+                    for key in ("tpr_at_1%_fpr", "tpr_at_0.1%_fpr")
+                ),
+            ]
+            table.add_row(*(escape(cell) for cell in cells))
+    Console(width=160).print(table)
