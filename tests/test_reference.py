@@ -6,10 +6,17 @@ import json
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
+from amint_pl.data.splits import SplitSizes, build_splits
 from amint_pl.errors import ConfigError
 from amint_pl.evaluation.metrics import membership_metrics
-from amint_pl.evaluation.reference import reference_roles, rmia_scores
+from amint_pl.evaluation.reference import (
+    reference_config,
+    reference_data,
+    reference_roles,
+    rmia_scores,
+)
 from tests.conftest import TINY, read_results, run_into
 
 
@@ -71,25 +78,57 @@ def test_rmia_refuses_bad_settings(kwargs, message):
         rmia_scores(np.ones(2), np.ones((2, 1)), np.ones(2), np.ones((2, 1)), **args)
 
 
-def test_reference_models_train_on_complementary_halves_of_the_population():
-    external = np.arange(1000, 1200)
-    population, halves = reference_roles(external, 4, 0.2, seed=0)
-    assert len(population) == 40
-    for half, other in halves:
-        assert len(half) == len(other) == 80
-        assert not set(half) & set(other) and not (set(half) | set(other)) & set(population)
-        assert set(half) | set(other) | set(population) == set(external)
-    # 0/1 and 2/3: complementary pairs; the two pairs draw different halves.
-    assert set(halves[0][0]) == set(halves[1][1]) and set(halves[2][0]) == set(halves[3][1])
-    assert set(halves[0][0]) != set(halves[2][0])
-    again, halves_again = reference_roles(external, 4, 0.2, seed=0)
-    assert (again == population).all() and (halves_again[3][0] == halves[3][0]).all()
+def test_reference_models_train_on_sets_as_large_as_the_targets_d():
+    data = np.arange(1000, 1500)
+    population, sets = reference_roles(data, 4, 0.2, seed=0, train_size=150)
+    assert len(population) == 100
+    for train, rest in sets:
+        assert len(train) == 150 and len(rest) == 250
+        assert not set(train) & set(rest) and not (set(train) | set(rest)) & set(population)
+        assert set(train) | set(rest) | set(population) == set(data)
+    # 0/1 and 2/3: disjoint pairs of one permutation; the two pairs draw different sets.
+    assert not set(sets[0][0]) & set(sets[1][0]) and not set(sets[2][0]) & set(sets[3][0])
+    assert set(sets[0][0]) != set(sets[2][0])
+    again, sets_again = reference_roles(data, 4, 0.2, seed=0, train_size=150)
+    assert (again == population).all() and (sets_again[3][0] == sets[3][0]).all()
+    # Data for fewer than |D|: all but one sample each, overlapping.
+    _, small = reference_roles(data[:100], 2, 0.2, seed=0, train_size=150)
+    assert [len(train) for train, _ in small] == [79, 79]
     with pytest.raises(ConfigError, match="attack.reference_models=0"):
-        reference_roles(external, 0, 0.2, seed=0)
+        reference_roles(data, 0, 0.2, seed=0, train_size=150)
+
+
+def test_the_population_role_feeds_the_reference_models_when_it_has_room():
+    sizes = SplitSizes(400, 0.25, 300, 100)
+    roomy = build_splits(2000, 500, sizes, seed=0)  # 1,300 untouched samples
+    data, source = reference_data(roomy, 0.2)
+    assert source == "population" and np.array_equal(data, roomy["population"])
+    cramped = build_splits(1000, 500, sizes, seed=0)  # 300 untouched: too few for |D| = 400
+    data, source = reference_data(cramped, 0.2)
+    assert source == "external" and np.array_equal(data, cramped["external"])
+
+
+def test_reference_models_take_as_many_optimiser_steps_as_the_target():
+    cfg = OmegaConf.create(
+        {"mint": {"mode": "active"}, "batch_size": 32, "trainer": {"max_epochs": 10}}
+    )
+    # The target: 10 epochs of ceil(600 / 16) = 38 steps. Sets of 600: 10 epochs; of 150: 38.
+    assert reference_config(cfg, 600, 600).trainer.max_epochs == 10
+    assert reference_config(cfg, 600, 150).trainer.max_epochs == 38
+    assert reference_config(cfg, 600, 150).mint.mode == "off"
 
 
 # ---------------------------------------------------------------------------- a tiny real run
-REFERENCE = [*TINY, "attack.reference=true", "attack.reference_models=2"]
+# A small over-fitted target (150 members, 25 epochs): where RMIA's reference models pay off.
+REFERENCE = [
+    *TINY,
+    "attack.reference=true",
+    "attack.reference_models=2",
+    "dataset.splits.members=150",
+    "dataset.splits.external=50",
+    "trainer.max_epochs=25",
+    "early_stopping_patience=100",
+]
 
 
 def _run(tmp_path, name, *overrides):
@@ -104,25 +143,51 @@ def first_run(tmp_path_factory):
     return tmp_path, proc, run_dir
 
 
-def test_tiny_run_scores_rmia_in_every_report(first_run):
+def test_tiny_run_scores_rmia_in_every_report_and_beats_the_loss_attack(first_run):
     _, proc, run_dir = first_run
     results = read_results(run_dir)
     for protocol in ("paper", "strict"):
         rmia = results["membership"][protocol]["rmia"]
-        assert 0.0 <= rmia["auc"] <= 1.0 and rmia["n_members"] == rmia["n_nonmembers"] > 0
+        assert 0.0 <= rmia["auc"] <= 1.0 and rmia["n_nonmembers"] == 120
         assert rmia["acc_at_0.5"] is None  # a share of population samples, not a probability
+    paper = results["membership"]["paper"]
+    assert paper["rmia"]["auc"] > paper["loss"]["auc"] + 0.02  # measured: 0.818 vs 0.752
     summary = results["reference_attack"]
     assert summary["method"] == "rmia" and summary["reference_models"] == 2
-    assert summary["reused"] == 0 and summary["population"] == 24  # 20% of 120 external samples
-    assert summary["training_half"] == 48 and len(summary["reference_test_acc"]) == 2
+    # Digits' 1,258 train-pool samples leave 1,058 outside D and E: 212 z, sets of |D| = 150.
+    assert summary["population_source"] == "population" and summary["population"] == 212
+    assert summary["training_size"] == summary["target_members"] == 150
+    assert summary["epochs"] == 25 and summary["reused"] == 0
+    assert len(summary["reference_test_acc"]) == 2
     cached = sorted(p.name for p in (run_dir / "reference_models").iterdir())
     assert cached == ["ref0.ckpt", "ref1.ckpt"]  # the training folders are cleaned up
-    assert proc.stdout.count("reference model ") == 2 and "training on 48" in proc.stdout
+    assert proc.stdout.count("reference model ") == 2
+    assert "training on 150 population samples for 25 epochs" in proc.stdout
     with open(run_dir / "scores.csv") as f:
         rows = list(csv.DictReader(f))
+    assert not {r["role"] for r in rows} & {"population"}  # z are scored, not reported
     scores = np.array([float(r["score_rmia"]) for r in rows])
     assert ((scores >= 0) & (scores <= 1)).all()
     assert "RMIA (Zarifzadeh)" in proc.stdout  # the printed table
+
+
+def test_without_room_for_a_population_e_stands_in_and_says_so(tmp_path):
+    proc, run_dir = _run(
+        tmp_path,
+        "cramped",
+        *TINY,
+        "attack.reference=true",
+        "attack.reference_models=1",
+        "dataset.splits.external=1000",
+        "trainer.max_epochs=1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = read_results(run_dir)["reference_attack"]
+    assert summary["population_source"] == "external" and summary["population"] == 200
+    # 800 external samples after z: sets of |D| = 120, one epoch like the target.
+    assert summary["training_size"] == 120 and summary["epochs"] == 1
+    warning = [line for line in proc.stdout.splitlines() if "RMIA: the train pool leaves" in line]
+    assert len(warning) == 1 and "MINT negatives" in warning[0]
 
 
 def test_cached_reference_models_are_reused(first_run):

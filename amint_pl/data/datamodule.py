@@ -30,6 +30,7 @@ ROLE_CODES = {
     "nonmembers_eval": 4,
     "members_seen_calib": 5,
     "members_unseen_calib": 6,
+    "population": 7,
 }
 ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
 POOL_NAMES = ("train", "test")
@@ -255,6 +256,7 @@ class MembershipDataModule(L.LightningDataModule):
         batch_size: per step and device; half members (D), half external (E).
         eval_batch_size: batch size of the calibration and scored sets.
         seed: the sampling seed (epoch orders derive from it).
+        scored_roles: the roles `predict` scores (the reference-model attack adds `population`).
         on_device: on a GPU, keep the uint8 pools on it whole (`dataset.on_device`): batches are
             gathered there, with no host-to-device copy per step. No effect on a CPU.
     """
@@ -267,6 +269,7 @@ class MembershipDataModule(L.LightningDataModule):
         eval_batch_size: int,
         seed: int,
         on_device: bool = False,
+        scored_roles: Sequence[str] = SCORED_ROLES,
     ) -> None:
         super().__init__()
         self.benchmark = benchmark
@@ -280,7 +283,7 @@ class MembershipDataModule(L.LightningDataModule):
             pools, *catalogue(splits, ("members_seen", "members_unseen", "external"))
         )
         self.calibration_set = IndexedSamples(pools, *catalogue(splits, CALIBRATION_ROLES))
-        self.scored_set = IndexedSamples(pools, *catalogue(splits, SCORED_ROLES))
+        self.scored_set = IndexedSamples(pools, *catalogue(splits, scored_roles))
         # {phase: {epoch: batches this rank trained on}}: kept in checkpoints, so that what a
         # resumed run trained on before it stopped is counted too.
         self.history: dict[str, dict[int, int]] = {}

@@ -2,12 +2,16 @@
 Inference Attacks", ICML 2024). Opt-in: `attack.reference=true`.
 
 Reference models: K copies of the audited network trained with the target's recipe as `mint=off`
-trains it (same model config, optimiser, epochs, batch size, early stopping on `val/aud_acc`) on
-random halves of the population data. The population data is the external pool E (never the
-members), less a held-out slice Z (`attack.population_fraction`) that serves as RMIA's
-population samples z. Halves come in complementary pairs. No reference model sees a member of the
-target, a test-pool sample or a z: every scored sample and every z is OUT for every reference
-model, which is RMIA's offline setting.
+trains it (same model config, optimiser, batch size, early stopping on `val/aud_acc`) on training
+sets as large as the target's D, for as many optimiser steps as the target takes (RMIA's and
+LiRA's authors train reference models like their target). Their data is the `population` role:
+train-pool samples the target never touched, less a held-out slice Z
+(`attack.population_fraction`) that serves as RMIA's population samples z. Where the train pool
+leaves too few of them, the external pool E stands in (a warning says so, and results.json's
+`population_source`): a `mint=active` or `passive` target trained on E as MINT negatives, so its
+z are then not fully OUT. No reference model sees a member of the target, a test-pool sample or
+a z: every scored sample and every z is OUT for every reference model, which is RMIA's offline
+setting.
 
 Score of a sample x under the target model θ (higher = member):
 
@@ -19,7 +23,7 @@ Score of a sample x under the target model θ (higher = member):
     score   = share of z in Z with LR(x, z) > gamma
 
 Reference models are cached as `<run dir>/reference_models/ref<k>.ckpt` (or under
-`attack.reference_dir`, which several runs may share) with the fingerprint of their training half
+`attack.reference_dir`, which several runs may share) with the fingerprint of their training set
 and a digest of their recipe, and reused when both match.
 """
 
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -99,43 +104,67 @@ def rmia_scores(
 
 
 # ----------------------------------------------------------------------------- the data roles
+def reference_data(splits: MembershipSplits, population_fraction: float) -> tuple[np.ndarray, str]:
+    """The samples the reference models and RMIA's z come from, and which role they are.
+
+    The `population` role (train-pool samples the target never touched) when it can give every
+    reference model a training set as large as the target's D beside the z; else the external
+    pool E, which a `mint=active` or `passive` target trained on as MINT negatives.
+    """
+    population = splits["population"]
+    if len(population) - _n_population(len(population), population_fraction) > len(splits.members):
+        return population, "population"
+    return splits["external"], "external"
+
+
+def _n_population(n: int, population_fraction: float) -> int:
+    return max(1, int(round(n * population_fraction)))
+
+
 def reference_roles(
-    external: np.ndarray, k_models: int, population_fraction: float, seed: int
+    data: np.ndarray, k_models: int, population_fraction: float, seed: int, train_size: int
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
-    """Split the external pool into RMIA's population samples Z and K training halves.
+    """Split the reference data into RMIA's population samples Z and K training sets.
+
+    Each reference model trains on `train_size` samples (the target's |D|), or on all but one of
+    the data left after Z when that is fewer; models 2p and 2p + 1 take disjoint sets of the same
+    permutation when it holds two of them.
 
     Returns:
-        (Z, [(training half of reference model k, the other half), ...]); reference models 2p and
-        2p + 1 train on complementary halves of the same random permutation.
+        (Z, [(training set of reference model k, the rest), ...]); the rest only fills the
+        external side of its batches (a `mint=off` recipe never trains on it).
     """
     if k_models < 1:
         raise ConfigError(f"attack.reference_models={k_models}: train at least 1 reference model")
     if not 0.0 < population_fraction < 1.0:
         raise ConfigError(f"attack.population_fraction={population_fraction} must lie in (0, 1)")
-    external = np.sort(np.asarray(external, dtype=np.int64))
+    data = np.sort(np.asarray(data, dtype=np.int64))
     rng = np.random.default_rng([seed, 0x524D4941])  # "RMIA"
-    order = rng.permutation(external)
-    n_population = max(1, int(round(len(external) * population_fraction)))
+    order = rng.permutation(data)
+    n_population = _n_population(len(data), population_fraction)
     population, rest = np.sort(order[:n_population]), order[n_population:]
     if len(rest) < 4:
         raise ConfigError(
-            f"the external pool ({len(external)}) leaves {len(rest)} samples to train reference "
+            f"the reference data ({len(data)} samples) leaves {len(rest)} to train reference "
             "models on: raise dataset.splits.external or lower attack.population_fraction"
         )
-    halves = []
+    n = min(train_size, len(rest) - 1)
+    sets = []
     for k in range(k_models):
         pair = np.random.default_rng([seed, 0x524D4941, k // 2]).permutation(rest)
-        first, second = np.sort(pair[: len(rest) // 2]), np.sort(pair[len(rest) // 2 :])
-        halves.append((first, second) if k % 2 == 0 else (second, first))
-    return population, halves
+        start = 0 if k % 2 == 0 else (n if 2 * n <= len(pair) else len(pair) - n)
+        chosen = np.zeros(len(pair), dtype=bool)
+        chosen[start : start + n] = True
+        sets.append((np.sort(pair[chosen]), np.sort(pair[~chosen])))
+    return population, sets
 
 
 def reference_splits(
     splits: MembershipSplits, half: np.ndarray, other: np.ndarray
 ) -> MembershipSplits:
-    """The roles a reference model trains with: members = its half of the population data (a slice
-    of it for validation), the other half only fills the external side of the batches (the
-    audited phase never trains on it), the target's calibration non-members for model selection."""
+    """The roles a reference model trains with: members = its training set (a slice of it for
+    validation), the rest only fills the external side of the batches (the audited phase never
+    trains on it), the target's calibration non-members for model selection."""
     n_calib = max(1, int(round(len(half) * 0.1)))
     empty = np.zeros(0, dtype=np.int64)
     return MembershipSplits(
@@ -153,12 +182,17 @@ def reference_splits(
     )
 
 
-def reference_config(cfg: DictConfig) -> DictConfig:
-    """The run config as `mint=off` trains it: the reference models' recipe."""
+def reference_config(cfg: DictConfig, target_members: int, train_size: int) -> DictConfig:
+    """The run config as `mint=off` trains it: the reference models' recipe. A reference model
+    with fewer training samples than the target's members trains for more epochs, so that it
+    takes as many optimiser steps as the target."""
     ref = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     ref.mint.mode = "off"
     ref.mint.monitor = "val/aud_acc"
     ref.mint.monitor_mode = "max"
+    half = int(cfg.batch_size) // 2
+    steps = int(cfg.trainer.max_epochs) * math.ceil(target_members / half)
+    ref.trainer.max_epochs = math.ceil(steps / math.ceil(train_size / half))
     return ref
 
 
@@ -228,11 +262,12 @@ def _cache_dir(cfg: DictConfig, run_dir: Path) -> Path:
 
 def check_reference_attack(
     cfg: DictConfig, splits: MembershipSplits, run_dir: Path
-) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]], str]:
     """Check the `attack` settings and any cached reference models before anything trains.
 
     Returns:
-        (RMIA's population samples Z, the training halves), as `reference_roles` draws them.
+        (RMIA's population samples Z, the training sets, the role they come from), as
+        `reference_data` and `reference_roles` choose them.
 
     Raises:
         ConfigError: a bad setting, or an external pool too small to draw from.
@@ -242,16 +277,15 @@ def check_reference_attack(
     check_rmia_settings(float(attack.offline_a), float(attack.gamma))
     if float(attack.temperature) <= 0:
         raise ConfigError(f"attack.temperature={attack.temperature} must be positive")
-    population, halves = reference_roles(
-        splits["external"],
-        int(attack.reference_models),
-        float(attack.population_fraction),
-        int(cfg.seed),
+    fraction = float(attack.population_fraction)
+    data, source = reference_data(splits, fraction)
+    population, sets = reference_roles(
+        data, int(attack.reference_models), fraction, int(cfg.seed), len(splits.members)
     )
-    digest = recipe_digest(reference_config(cfg))
-    for k, (half, _) in enumerate(halves):
+    digest = recipe_digest(reference_config(cfg, len(splits.members), len(sets[0][0])))
+    for k, (half, _) in enumerate(sets):
         _load_cached(_cache_dir(cfg, run_dir) / f"ref{k}.ckpt", fingerprint(half), digest)
-    return population, halves
+    return population, sets, source
 
 
 def reference_attack(
@@ -280,28 +314,55 @@ def reference_attack(
     """
     import lightning as L
 
-    from amint_pl.data.datamodule import MembershipDataModule
+    from amint_pl.data.datamodule import SCORED_ROLES, MembershipDataModule
     from amint_pl.distributed import gather_predictions
     from amint_pl.training.module import AMINTModule
 
     attack = cfg.attack
     k_models = int(attack.reference_models)
     seed = int(cfg.seed)
-    population, halves = check_reference_attack(cfg, splits, run_dir)
+    population, halves, source = check_reference_attack(cfg, splits, run_dir)
+    if source != "population":
+        log.warning(
+            "RMIA: the train pool leaves %d samples outside D and E, too few for reference "
+            "models as large as the target's %d members: they and the z come from E%s; lower "
+            "dataset.splits.external to make room",
+            len(splits["population"]),
+            len(splits.members),
+            "" if cfg.mint.mode == "off" else ", which the target trained on as MINT negatives",
+        )
     cache_dir = _cache_dir(cfg, run_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    ref_cfg = reference_config(cfg)
+    ref_cfg = reference_config(cfg, len(splits.members), len(halves[0][0]))
     digest = recipe_digest(ref_cfg)
     on_device = bool(cfg.dataset.get("on_device", False))
+    # The target's scored samples, and the z when they come from the population role.
+    z_only = population if source == "population" else np.zeros(0, dtype=np.int64)
+    scoring_splits = MembershipSplits(
+        {**splits.indices, "population": z_only}, splits.seed, dict(splits.pool_sizes)
+    )
     scored = MembershipDataModule(
-        benchmark, splits, int(cfg.batch_size), int(cfg.eval_batch_size), seed, on_device=on_device
+        benchmark,
+        scoring_splits,
+        int(cfg.batch_size),
+        int(cfg.eval_batch_size),
+        seed,
+        on_device=on_device,
+        scored_roles=(*SCORED_ROLES, "population"),
     )
     pool_code = {name: i for i, name in enumerate(POOL_NAMES)}
-    row_keys = _keys(
+    sample_keys = _keys(
         np.array([pool_code[p] for p in samples.pool]),
         np.array([ROLE_CODES[r] for r in samples.role]),
         samples.index,
     )
+    z_keys = _keys(
+        np.full(len(population), pool_code["train"]),
+        np.full(len(population), ROLE_CODES[source]),
+        population,
+    )
+    row_keys = np.concatenate([sample_keys, z_keys])
+    n_x = len(sample_keys)
     temperature = float(attack.temperature)
 
     def outputs(trainer: Any, model: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -328,10 +389,13 @@ def reference_attack(
             module.load_state_dict(cached["state_dict"])
         else:
             log.info(
-                "reference model %d/%d: training on %d population samples (mint=off recipe) -> %s",
+                "reference model %d/%d: training on %d %s samples for %d epochs (mint=off "
+                "recipe) -> %s",
                 k + 1,
                 k_models,
                 len(half),
+                source,
+                int(ref_cfg.trainer.max_epochs),
                 path,
             )
             datamodule = MembershipDataModule(
@@ -367,15 +431,14 @@ def reference_attack(
         reused.append(cached is not None)
         probability, correct = outputs(trainer, module)
         reference_probability.append(probability)
-        test_acc.append(float(correct[eval_rows].mean()) if eval_rows.any() else float("nan"))
-    reference_x = np.stack(reference_probability, axis=1)
-    target_x, _ = outputs(trainer, target)
-    z_rows = np.flatnonzero((samples.role == "external") & np.isin(samples.index, population))
+        test_acc.append(float(correct[:n_x][eval_rows].mean()) if eval_rows.any() else math.nan)
+    reference = np.stack(reference_probability, axis=1)
+    target_outputs, _ = outputs(trainer, target)
     scores = rmia_scores(
-        target_x,
-        reference_x,
-        target_x[z_rows],
-        reference_x[z_rows],
+        target_outputs[:n_x],
+        reference[:n_x],
+        target_outputs[n_x:],
+        reference[n_x:],
         float(attack.offline_a),
         float(attack.gamma),
     )
@@ -383,8 +446,11 @@ def reference_attack(
         "method": METHOD,
         "reference_models": k_models,
         "reused": int(sum(reused)),
-        "population": len(z_rows),
-        "training_half": len(halves[0][0]),
+        "population_source": source,
+        "population": len(population),
+        "training_size": len(halves[0][0]),
+        "target_members": len(splits.members),
+        "epochs": int(ref_cfg.trainer.max_epochs),
         "temperature": temperature,
         "offline_a": float(attack.offline_a),
         "gamma": float(attack.gamma),
