@@ -453,8 +453,9 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         "",
         *lines,
     ]
-    if done:
-        text += ["", *_seeds_markdown(over_seeds(rows))]
+    seeds = over_seeds(rows)
+    if any(r["n_seeds"] > 1 for r in seeds):
+        text += ["", *_seeds_markdown(seeds)]
     if other:
         text += [
             "",

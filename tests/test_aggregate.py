@@ -83,6 +83,7 @@ def test_failed_and_unfinished_runs_are_listed(sweep):
     assert "## Failed or unfinished runs: 3" in text and "exceeds the train pool" in text
     assert "## Membership inference: 2 completed runs" in out.stdout  # printed too
     assert "| digits | small_cnn | entry | active | amint |" in text
+    assert "## Over seeds" not in text  # one seed per recipe: nothing to reduce
     png = sweep_dir / "aggregate_heatmap.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 

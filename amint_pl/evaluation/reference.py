@@ -8,8 +8,8 @@ LiRA's authors train reference models like their target). Their data is the `pop
 train-pool samples the target never touched, less a held-out slice Z
 (`attack.population_fraction`) that serves as RMIA's population samples z. Where the train pool
 leaves too few of them, the external pool E stands in (a warning says so, and results.json's
-`population_source`): a `mint=active` or `passive` target trained on E as MINT negatives, so its
-z are then not fully OUT. No reference model sees a member of the target, a test-pool sample or
+`population_source`): a `mint=active` target trained on E as MINT negatives, so its z are then
+not fully OUT (a passive target's head did, but not the layers whose outputs RMIA reads). No reference model sees a member of the target, a test-pool sample or
 a z: every scored sample and every z is OUT for every reference model, which is RMIA's offline
 setting.
 
@@ -329,7 +329,8 @@ def reference_attack(
             "dataset.splits.external to make room",
             len(splits["population"]),
             len(splits.members),
-            "" if cfg.mint.mode == "off" else ", which the target trained on as MINT negatives",
+            # Only an active target's MINT loss reaches the layers whose outputs RMIA reads.
+            ", which the target trained on as MINT negatives" if cfg.mint.mode == "active" else "",
         )
     cache_dir = _cache_dir(cfg, run_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
