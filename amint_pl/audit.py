@@ -4,6 +4,9 @@
     python -m amint_pl.audit checkpoint=... inputs=photo.png threshold=0.5 output=audit.csv
     python -m amint_pl.audit checkpoint=... inputs=split:members_seen   # a role of the run's splits
     python -m amint_pl.audit checkpoint=... inputs=split:all            # reproduces results.json
+    python -m amint_pl.audit checkpoint=... inputs=<root>/<class>/<images>  # labelled by folder
+    python -m amint_pl.audit checkpoint=... inputs=photos/ labels=labels.csv    # path,label
+    python -m amint_pl.audit checkpoint=... inputs=batch.npy labels=labels.npy  # class indices
 
 Settings (key=value):
     checkpoint  a .ckpt written by an amint_pl run (required). Loaded with weights_only; a file
@@ -11,6 +14,11 @@ Settings (key=value):
     inputs      an image file, a folder of images (searched recursively), a .npy or .pt uint8
                 tensor (N, C, H, W) or (N, H, W) in the data set's native channels, or
                 split:<role> / split:all: samples of the run's own splits.npz (fingerprint checked).
+    labels      the inputs' classes, for a MINT head that reads the loss or the membership
+                memory at the label: a CSV with the columns path,label (paths relative to the
+                CSV's folder) for image inputs, a .npy or .pt of class indices (N,) for a tensor.
+                A folder whose sub-folders are all named as the model's classes is labelled by
+                them without it. Unlabelled samples are scored at their predicted class.
     threshold   calibrated (default: the run's threshold, calibrated on its calibration sets),
                 or a probability such as 0.5.
     protocol    paper (default) or strict: whose calibration sets set the calibrated threshold.
@@ -21,8 +29,8 @@ Settings (key=value):
 Inputs are preprocessed as the run's training data was: decoded to the data set's native channels,
 resized to dataset.image_size the way its pools were (Pillow for data sets read from image files,
 else `resize_images`), then the model's own `preprocess` (normalisation, channel conversion).
-Each CSV row: the sample, the predicted class, P(member) from the MINT head, and the decision
-(P >= threshold).
+Each CSV row: the sample, the label it was scored at and whether it was given or predicted, the
+predicted class, P(member) from the MINT head, and the decision (P >= threshold).
 """
 
 from __future__ import annotations
@@ -48,7 +56,16 @@ if TYPE_CHECKING:
     from amint_pl.data.splits import MembershipSplits
     from amint_pl.training.module import AMINTModule
 
-SETTINGS = ("checkpoint", "inputs", "threshold", "protocol", "output", "batch_size", "device")
+SETTINGS = (
+    "checkpoint",
+    "inputs",
+    "labels",
+    "threshold",
+    "protocol",
+    "output",
+    "batch_size",
+    "device",
+)
 SPLIT_PREFIX = "split:"
 TENSOR_SUFFIXES = (".npy", ".pt", ".pth")
 
@@ -59,6 +76,7 @@ class AuditRequest:
 
     checkpoint: Path
     inputs: str
+    labels: Path | None = None
     threshold: str = "calibrated"
     protocol: str = "paper"
     output: Path | None = None
@@ -102,6 +120,7 @@ def parse_args(argv: Sequence[str]) -> AuditRequest:
     return AuditRequest(
         checkpoint=Path(given["checkpoint"]).expanduser(),
         inputs=given["inputs"],
+        labels=Path(given["labels"]).expanduser() if given.get("labels") else None,
         threshold=threshold,
         protocol=protocol,
         output=Path(given["output"]).expanduser() if given.get("output") else None,
@@ -153,7 +172,14 @@ def build_module(checkpoint: dict[str, Any], path: Path, device: str) -> AMINTMo
             "trained: audit a checkpoint from checkpoints/mint_head/"
         )
     module.set_phase(phase)
-    module.load_state_dict(checkpoint["state_dict"])
+    try:
+        module.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:  # e.g. a membership memory from before its hash changed
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"{path} does not fit the model this amint_pl builds from its config ({reason}): "
+            "audit it with the amint_pl that wrote it, or train it again with this one"
+        ) from err
     return module.to(device).eval()
 
 
@@ -171,19 +197,43 @@ def run_dir_of(checkpoint_path: Path) -> Path | None:
 
 @dataclass
 class Samples:
-    """Images to score (uint8 (N, C, S, S)) and one CSV description per image."""
+    """Images to score (uint8 (N, C, S, S)), one CSV description per image, and their labels
+    (int64 (N,)) where known, with where they came from; unlabelled samples are scored at their
+    predicted class."""
 
     images: np.ndarray
     rows: list[dict[str, Any]]
     catalogue: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # pool, index, role code
+    labels: np.ndarray | None = None
+    labels_from: str = ""
 
-    @property
-    def labels(self) -> np.ndarray | None:
-        """The true labels of split samples; None for image or tensor inputs (a head that reads
-        the loss then takes the predicted class as the label)."""
-        if not self.rows or "label" not in self.rows[0]:
+
+@dataclass(frozen=True)
+class Classes:
+    """The model's classes by the names its data set gives them (`Benchmark.class_names`, kept
+    in the checkpoint): class folders for data sets stored as class folders, else "0", "1", ..."""
+
+    names: tuple[str, ...]
+
+    def label(self, name: str) -> int | None:
+        """The label a class name stands for, or None. A whole number stands for the class with
+        that number as its name (GTSRB's 00007 is 7), or, where no class is named by a number,
+        for the class with that index."""
+        name = name.strip()
+        if name in self.names:
+            return self.names.index(name)
+        if not name.isdecimal():
             return None
-        return np.array([r["label"] for r in self.rows], dtype=np.int64)
+        numbered = [i for i, n in enumerate(self.names) if n.isdecimal()]
+        if numbered:
+            return next((i for i in numbered if int(self.names[i]) == int(name)), None)
+        return int(name) if int(name) < len(self.names) else None
+
+    def describe(self) -> str:
+        if not self.names:
+            return "the checkpoint records no class names: give labels=<.npy> of class indices"
+        shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
+        return f"its {len(self.names)} classes are {shown}"
 
 
 def _pools_are_image_files(dataset_name: str) -> bool:
@@ -220,23 +270,27 @@ def read_image_files(
     return np.concatenate([resize_images(_decode_native(p, channels)[None], size) for p in paths])
 
 
-def read_tensor_file(path: Path, channels: int, size: int) -> np.ndarray:
-    """A .npy / .pt uint8 tensor (N, C, H, W), or (N, H, W) for 1 channel -> (N, C, size, size)."""
+def load_array(path: Path) -> np.ndarray:
+    """The array in a .npy file, or the tensor in a .pt / .pth file (loaded with weights_only)."""
     import torch
-
-    from amint_pl.data.benchmarks import resize_images
 
     try:
         if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        else:
-            tensor = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(tensor, torch.Tensor):
-                raise ValueError(f"it holds a {type(tensor).__name__}, not a tensor")
-            array = tensor.numpy()
+            return np.load(path, allow_pickle=False)
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"it holds a {type(tensor).__name__}, not a tensor")
+        return tensor.numpy()
     except (OSError, ValueError, RuntimeError, EOFError) as err:
         reason = " ".join(str(err).split())[:160] or type(err).__name__
         raise CorruptDataError(f"{path} is not a readable tensor file ({reason})") from err
+
+
+def read_tensor_file(path: Path, channels: int, size: int) -> np.ndarray:
+    """A .npy / .pt uint8 tensor (N, C, H, W), or (N, H, W) for 1 channel -> (N, C, size, size)."""
+    from amint_pl.data.benchmarks import resize_images
+
+    array = load_array(path)
     if array.dtype != np.uint8:
         raise ConfigError(
             f"{path} holds {array.dtype}, not uint8 images: save the raw pixels (0..255) as uint8, "
@@ -252,24 +306,127 @@ def read_tensor_file(path: Path, channels: int, size: int) -> np.ndarray:
     return resize_images(np.ascontiguousarray(array), size)
 
 
-def read_inputs(inputs: str, hparams: dict[str, Any]) -> Samples:
-    """Image file, folder or tensor file -> Samples (not split:..., see `read_split`)."""
+def read_class_tree(root: Path, classes: Classes) -> tuple[list[Path], np.ndarray] | None:
+    """The images of root/<class>/** and their labels when root's sub-folders are named as the
+    model's classes; None when none of them is (a folder of unlabelled images)."""
+    from amint_pl.data.readers import class_folders, class_tree, is_image
+
+    folders = {name: classes.label(name) for name in class_folders(root)}
+    unknown = [name for name, label in folders.items() if label is None]
+    if not folders or len(unknown) == len(folders):
+        return None
+    if unknown:
+        raise ConfigError(
+            f"inputs={root}: sub-folder(s) {', '.join(unknown[:5])} name no class of the model "
+            f"({classes.describe()}): rename or move them, or give labels=<path,label .csv>"
+        )
+    loose = sorted(e.name for e in os.scandir(root) if e.is_file() and is_image(e.name))
+    if loose:
+        raise ConfigError(
+            f"inputs={root}: {len(loose)} image(s) ({loose[0]}, ...) lie beside the class "
+            "folders, without a class: move each into its class folder"
+        )
+    paths, labels = class_tree(root, folders)
+    return [Path(p) for p in paths], labels
+
+
+def read_label_csv(path: Path, files: Sequence[Path], classes: Classes) -> np.ndarray:
+    """The labels of image files from a CSV with the columns path,label: one row per file, the
+    path absolute or relative to the CSV's folder, the label a class name (`Classes.label`)."""
+    wanted = {f.resolve(): n for n, f in enumerate(files)}
+    labels = np.full(len(files), -1, dtype=np.int64)
+    strangers: list[str] = []
+    try:
+        with open(path, newline="") as file:
+            reader = csv.DictReader(file)
+            if not {"path", "label"} <= set(reader.fieldnames or ()):
+                raise ConfigError(
+                    f"labels={path} has the columns {reader.fieldnames}: give a CSV with the "
+                    "header line path,label"
+                )
+            for line, row in enumerate(reader, 2):
+                given = Path(row["path"] or "").expanduser()
+                n = wanted.get((given if given.is_absolute() else path.parent / given).resolve())
+                if n is None:
+                    strangers.append(str(row["path"]))
+                    continue
+                label = classes.label(row["label"] or "")
+                if label is None:
+                    raise ConfigError(
+                        f"labels={path} line {line}: '{row['label']}' is no class of the model "
+                        f"({classes.describe()})"
+                    )
+                if labels[n] >= 0:
+                    raise ConfigError(f"labels={path} line {line}: {row['path']} is labelled twice")
+                labels[n] = label
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ConfigError(f"labels={path} is not a readable CSV ({reason})") from err
+    unlabelled = [f for f, n in wanted.items() if labels[n] < 0]
+    if unlabelled or strangers:
+        raise ConfigError(
+            f"labels={path} does not label the {len(files)} input image(s) one to one: "
+            f"{len(unlabelled)} without a row (e.g. {unlabelled[0] if unlabelled else '-'}), "
+            f"{len(strangers)} row(s) for no input image (e.g. {strangers[0] if strangers else '-'}"
+            "); give one row per image, its path relative to the CSV's folder"
+        )
+    return labels
+
+
+def read_label_tensor(path: Path, count: int, num_classes: int) -> np.ndarray:
+    """Class indices int (N,) from a .npy / .pt file, one per image of the inputs."""
+    array = load_array(path)
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise ConfigError(
+            f"labels={path} holds {array.dtype} of shape {tuple(array.shape)}: give whole-number "
+            f"class indices of shape ({count},)"
+        )
+    if len(array) != count:
+        raise ConfigError(
+            f"labels={path} has {len(array)} label(s) for {count} input image(s): give one each"
+        )
+    if len(array) and (array.min() < 0 or array.max() >= num_classes):
+        bad = array.min() if array.min() < 0 else array.max()
+        raise ConfigError(
+            f"labels={path} holds the label {bad}: the model's class indices run from 0 to "
+            f"{num_classes - 1}"
+        )
+    return array.astype(np.int64)
+
+
+def read_inputs(inputs: str, hparams: dict[str, Any], labels: Path | None = None) -> Samples:
+    """Image file, folder or tensor file (and their labels, see `labels` in the module's
+    docstring) -> Samples (not split:..., see `read_split`)."""
     from amint_pl.data.readers import is_image, list_images
 
     dataset = hparams["config"]["dataset"]
     channels, size = int(hparams["native_channels"]), int(dataset["image_size"])
+    classes = Classes(tuple(hparams.get("class_names") or ()))
     path = Path(inputs).expanduser()
     if not path.exists():
         raise ConfigError(
             f"inputs={inputs} does not exist: give an image, a folder of images, a .npy or .pt "
             "tensor, or split:<role>"
         )
-    if path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES:
+    if labels is not None and not labels.is_file():
+        raise ConfigError(f"labels={labels} does not exist: give a .csv, .npy or .pt file")
+    tensor = path.is_file() and path.suffix.lower() in TENSOR_SUFFIXES
+    if labels is not None and (labels.suffix.lower() in TENSOR_SUFFIXES) != tensor:
+        raise ConfigError(
+            f"labels={labels}: give tensor inputs a .npy or .pt of class indices, and image "
+            "inputs a CSV path,label"
+        )
+    if tensor:
         images = read_tensor_file(path, channels, size)
         rows = [{"sample": f"{path}[{i}]"} for i in range(len(images))]
-        return Samples(images, rows)
+        if labels is None:
+            return Samples(images, rows)
+        given = read_label_tensor(labels, len(images), int(hparams["num_classes"]))
+        return Samples(images, rows, labels=given, labels_from=str(labels))
+    tree = None
     if path.is_dir():
-        files = [Path(p) for p in list_images(path)]
+        tree = read_class_tree(path, classes) if labels is None else None
+        files = tree[0] if tree else [Path(p) for p in list_images(path)]
         if not files:
             raise ConfigError(f"inputs={inputs}: the folder holds no images (.png, .jpg, ...)")
     elif is_image(path.name):
@@ -280,7 +437,12 @@ def read_inputs(inputs: str, hparams: dict[str, Any]) -> Samples:
             "or split:<role>"
         )
     images = read_image_files(files, channels, size, str(dataset["name"]))
-    return Samples(images, [{"sample": str(f)} for f in files])
+    samples = Samples(images, [{"sample": str(f)} for f in files])
+    if tree:
+        samples.labels, samples.labels_from = tree[1], f"the class folders of {path}"
+    elif labels is not None:
+        samples.labels, samples.labels_from = read_label_csv(labels, files, classes), str(labels)
+    return samples
 
 
 def load_run_splits(
@@ -335,7 +497,7 @@ def read_split(roles: Sequence[str], splits: MembershipSplits, benchmark: Benchm
             pool_id.tolist(), index.tolist(), role.tolist(), labels.tolist(), strict=True
         )
     ]
-    return Samples(images, rows, (pool_id, index, role))
+    return Samples(images, rows, (pool_id, index, role), labels, "the run's data set")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,6 +625,7 @@ def audit(request: AuditRequest) -> dict[str, Any]:
     import torch
 
     from amint_pl.data.splits import CALIB_SLICES, ROLES
+    from amint_pl.models.mint_head import LABELLED_FEATURES
 
     device = request.device
     if device == "auto":
@@ -483,6 +646,10 @@ def audit(request: AuditRequest) -> dict[str, Any]:
         request.inputs[len(SPLIT_PREFIX) :] if request.inputs.startswith(SPLIT_PREFIX) else None
     )
     splits = None
+    if split_role is not None and request.labels is not None:
+        raise ConfigError(
+            f"labels= is for image and tensor inputs: {request.inputs} has the data set's labels"
+        )
     if split_role is not None:
         known = (*ROLES, *CALIB_SLICES)
         if split_role not in (*known, "all"):
@@ -494,7 +661,7 @@ def audit(request: AuditRequest) -> dict[str, Any]:
             SCORED_ROLES if split_role == "all" else (split_role,), splits, benchmark
         )
     else:
-        samples = read_inputs(request.inputs, hparams)
+        samples = read_inputs(request.inputs, hparams, request.labels)
 
     logits, mint_logits = score(module, samples, batch_size)
     probability = membership_probability(mint_logits)
@@ -504,9 +671,15 @@ def audit(request: AuditRequest) -> dict[str, Any]:
         threshold, source = float(request.threshold), "given"
     member = probability >= threshold
     prediction = logits.argmax(1)
+    # The label each sample was scored at: given, or (unlabelled) the predicted class.
+    label, label_source = (
+        (samples.labels, "given") if samples.labels is not None else (prediction, "predicted")
+    )
     rows = [
         {
             **row,
+            "label": int(label[i]),
+            "label_source": label_source,
             "prediction": int(prediction[i]),
             "membership_probability": float(probability[i]),
             "member": int(member[i]),
@@ -537,6 +710,16 @@ def audit(request: AuditRequest) -> dict[str, Any]:
         f"{config['dataset']['image_size']}x{config['dataset']['image_size']} px, the run's "
         "normalisation"
     )
+    labelled_features = [f for f in module.mint_head.output_features if f in LABELLED_FEATURES]
+    if samples.labels is not None:
+        print(f"labels: given, from {samples.labels_from}")
+    elif labelled_features:
+        print(
+            f"labels: none given, so the MINT head reads its {' and '.join(labelled_features)} "
+            "feature(s) at each sample's predicted class (label_source=predicted): give class "
+            "folders, labels=<path,label .csv> or labels=<.npy of class indices>"
+        )
+    summary["label_source"] = label_source
     print(f"threshold: {threshold:.6g} ({source})")
     print(
         f"members (P(member) >= threshold): {summary['n_members']} of {len(rows)}; "

@@ -38,3 +38,20 @@ def three_epoch_run(base: Path) -> tuple[Path, dict, list[str]]:
         str(p.relative_to(root)) for p in root.rglob("*") if p.relative_to(root).parts[0] != "full"
     ]
     return root, results, outside
+
+
+@functools.cache
+def general_run(base: Path) -> tuple[Path, dict]:
+    """A 2-epoch mint=active_general run on digits (its head reads the loss and the membership
+    memory at the label), half of the seen members as positives, rotating, on augmented images,
+    in <base>/shared/general: (run dir, results.json)."""
+    run_dir = base / "shared" / "general"
+    results = train(
+        base / "shared",
+        run_dir,
+        "mint=active_general",
+        "mint.positive_fraction=0.5",
+        "mint.rotate_positives=true",
+        "dataset.augment=flip_crop",  # the memory then reads the un-augmented images
+    )
+    return run_dir, results

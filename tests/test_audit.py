@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
+from amint_pl.audit import Classes, main
 from amint_pl.data.benchmarks import benchmark_from_config
 from amint_pl.data.splits import MembershipSplits
 from tests.conftest import run_module
-from tests.shared_runs import three_epoch_run
+from tests.shared_runs import general_run, three_epoch_run
 
 
 @pytest.fixture(scope="module")
@@ -159,3 +160,190 @@ def test_bad_audit_settings_are_one_line(tmp_path, settings, message):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and message in proc.stderr
     assert existing.read_text() == "keep me"
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels: a head that reads the loss and the memory at the label (mint=active_general)
+
+
+@pytest.fixture(scope="module")
+def general(tmp_path_factory):
+    """A tiny mint=active_general run on digits (shared with test_generalizing) and some of the
+    samples it scored: misclassified ones first (where the label changes the head's input), then
+    correctly classified ones.
+    Returns (run dir, best checkpoint, [(pool, index, label, prediction, P(member))], images)."""
+    run_dir, results = general_run(tmp_path_factory.getbasetemp())
+    checkpoint = run_dir / results["best_checkpoints"]["joint"]
+    scored = [
+        (r["pool"], int(r["index"]), int(r["label"]), int(r["prediction"]), float(r["score_mint"]))
+        for r in read_csv(run_dir / "scores.csv")
+        if r["role"] in ("members_seen", "nonmembers_eval")
+    ]
+    wrong = [s for s in scored if s[2] != s[3]][:4]
+    right = [s for s in scored if s[2] == s[3]][:4]
+    assert wrong, "the tiny run classified every sample right: no sample tells labels apart"
+    config = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["config"]
+    benchmark = benchmark_from_config(config["dataset"])
+    chosen = wrong + right
+    images = np.stack([getattr(benchmark, pool).images[i] for pool, i, *_ in chosen])
+    return run_dir, checkpoint, chosen, images
+
+
+def test_class_folders_are_read_by_the_names_the_data_set_gives_its_classes():
+    numbered = Classes(tuple(str(i) for i in range(10)))  # digits, MNIST, CIFAR-10, ...
+    assert [numbered.label(n) for n in ("3", "03", "10", "three")] == [3, 3, None, None]
+    gtsrb = Classes(tuple(f"{i:05d}" for i in range(43)))
+    assert [gtsrb.label(n) for n in ("00007", "7", "43")] == [7, 7, None]
+    # An image folder's classes are its sorted folder names: "10" sorts before "2".
+    folders = Classes(("0", "1", "10", "2"))
+    assert [folders.label(n) for n in ("10", "010", "2", "3")] == [2, 2, 3, None]
+    # Named classes (Tiny ImageNet's wnids, a user's folders): by name, or by index.
+    named = Classes(("cat", "dog"))
+    assert [named.label(n) for n in ("dog", "0", "2", "Dog")] == [1, 0, None, None]
+
+
+def save_png(image, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image[0], "L").save(path)
+
+
+def test_given_labels_reproduce_the_runs_scores_and_unlabelled_samples_say_predicted(
+    general, tmp_path, capsys
+):
+    run_dir, checkpoint, chosen, images = general
+    # A class-per-folder tree: digits names its classes 0..9.
+    tree, flat = tmp_path / "tree", tmp_path / "flat"
+    for (pool, i, label, *_), image in zip(chosen, images, strict=True):
+        save_png(image, tree / str(label) / f"{pool}_{i}.png")
+        save_png(image, flat / f"{pool}_{i}.png")
+    out = tmp_path / "tree.csv"
+    proc = audit(f"checkpoint={checkpoint}", f"inputs={tree}", f"output={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"labels: given, from the class folders of {tree}" in proc.stdout
+    rows = {row["sample"]: row for row in read_csv(out)}
+    for pool, i, label, _, probability in chosen:
+        row = rows[str(tree / str(label) / f"{pool}_{i}.png")]
+        assert (int(row["label"]), row["label_source"]) == (label, "given")
+        # scores.csv keeps 6 significant digits
+        assert float(row["membership_probability"]) == pytest.approx(probability, rel=1e-5)
+
+    # Unlabelled: one line says so; each sample is scored at its predicted class.
+    out = tmp_path / "flat.csv"
+    main([f"checkpoint={checkpoint}", f"inputs={flat}", f"output={out}"])
+    stdout = capsys.readouterr().out
+    fallback = [line for line in stdout.splitlines() if line.startswith("labels:")]
+    assert len(fallback) == 1 and "none given" in fallback[0], stdout
+    assert "loss and memory" in fallback[0] and "predicted class" in fallback[0]
+    rows = {row["sample"]: row for row in read_csv(out)}
+    for pool, i, label, prediction, probability in chosen:
+        row = rows[str(flat / f"{pool}_{i}.png")]
+        assert row["label_source"] == "predicted"
+        assert int(row["label"]) == int(row["prediction"]) == prediction
+        if label != prediction:  # the head read another class's loss: another probability
+            assert float(row["membership_probability"]) != pytest.approx(probability, rel=1e-3)
+        else:
+            assert float(row["membership_probability"]) == pytest.approx(probability, rel=1e-5)
+
+
+def test_labels_from_a_csv_or_a_tensor(general, tmp_path, capsys):
+    run_dir, checkpoint, chosen, images = general
+    flat = tmp_path / "flat"
+    lines = ["path,label"]
+    for (pool, i, label, *_), image in zip(chosen, images, strict=True):
+        save_png(image, flat / f"{pool}_{i}.png")
+        lines.append(f"flat/{pool}_{i}.png,{label}")
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "labels.npy", np.array([c[2] for c in chosen]))
+    torch.save(torch.tensor([c[2] for c in chosen]), tmp_path / "labels.pt")
+    for inputs, labels in [
+        (flat, "labels.csv"),
+        (tmp_path / "images.npy", "labels.npy"),
+        (tmp_path / "images.npy", "labels.pt"),
+    ]:
+        out = tmp_path / f"{labels}.out.csv"
+        main(
+            [
+                f"checkpoint={checkpoint}",
+                f"inputs={inputs}",
+                f"labels={tmp_path / labels}",
+                f"output={out}",
+            ]
+        )
+        assert f"labels: given, from {tmp_path / labels}" in capsys.readouterr().out
+        rows = read_csv(out)
+        if labels.endswith(".csv"):
+            rows = [
+                {r["sample"]: r for r in rows}[str(flat / f"{p}_{i}.png")] for p, i, *_ in chosen
+            ]
+        for row, (_, _, label, _, probability) in zip(rows, chosen, strict=True):
+            assert (int(row["label"]), row["label_source"]) == (label, "given")
+            assert float(row["membership_probability"]) == pytest.approx(probability, rel=1e-5)
+
+
+def test_bad_labels_are_one_line_errors(general, tmp_path, capsys):
+    _, checkpoint, chosen, images = general
+    n = len(images)
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "short.npy", np.zeros(n - 1, dtype=np.int64))
+    np.save(tmp_path / "range.npy", np.full(n, 10))
+    np.save(tmp_path / "float.npy", np.zeros(n))
+    flat = tmp_path / "flat"
+    for k, image in enumerate(images):
+        save_png(image, flat / f"{k}.png")
+    (tmp_path / "unknown.csv").write_text(
+        "path,label\n" + "".join(f"flat/{k}.png,{'cat' if k == 1 else 0}\n" for k in range(n))
+    )
+    (tmp_path / "missing.csv").write_text("path,label\nflat/0.png,3\n")
+    (tmp_path / "headless.csv").write_text("flat/0.png,3\n")
+    mixed = tmp_path / "mixed"
+    save_png(images[0], mixed / "3" / "a.png")
+    save_png(images[1], mixed / "misc" / "b.png")
+    loose = tmp_path / "loose"
+    save_png(images[0], loose / "3" / "a.png")
+    save_png(images[1], loose / "b.png")
+
+    npy = tmp_path / "images.npy"
+    for inputs, labels, message in [
+        (npy, "short.npy", f"has {n - 1} label(s) for {n} input image(s): give one each"),
+        (npy, "range.npy", "holds the label 10: the model's class indices run from 0 to 9"),
+        (npy, "float.npy", "holds float64 of shape"),
+        (npy, "unknown.csv", "give tensor inputs a .npy or .pt of class indices"),
+        (flat, "short.npy", "give tensor inputs a .npy or .pt of class indices"),
+        (flat, "unknown.csv", "line 3: 'cat' is no class of the model (its 10 classes are 0, 1"),
+        (flat, "missing.csv", f"{n - 1} without a row"),
+        (flat, "headless.csv", "give a CSV with the header line path,label"),
+        (flat, "none.csv", "does not exist"),
+        ("split:members_seen", "short.npy", "labels= is for image and tensor inputs"),
+        (mixed, None, "sub-folder(s) misc name no class of the model"),
+        (loose, None, "1 image(s) (b.png, ...) lie beside the class folders"),
+    ]:
+        settings = [f"checkpoint={checkpoint}", f"inputs={inputs}", f"output={tmp_path / 'x.csv'}"]
+        if labels:
+            settings.append(f"labels={tmp_path / labels}")
+        with pytest.raises(SystemExit) as exit_:
+            main(settings)
+        stderr = capsys.readouterr().err
+        assert exit_.value.code == 2
+        assert len(stderr.strip().splitlines()) == 1 and stderr.startswith("error: ")
+        assert message in stderr, stderr
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_checkpoint_whose_weights_the_model_no_longer_has_is_refused(general, tmp_path, capsys):
+    from amint_pl.validation import seal_checkpoint
+
+    # A sealed checkpoint from before the memory's hash was salted per band (band_offsets).
+    _, checkpoint, _, images = general
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["memory.band_offsets"] = state["state_dict"].pop("memory.band_salts")
+    seal_checkpoint(state)
+    old = tmp_path / "old.ckpt"
+    torch.save(state, old)
+    np.save(tmp_path / "images.npy", images)
+    with pytest.raises(SystemExit) as exit_:
+        main([f"checkpoint={old}", f"inputs={tmp_path / 'images.npy'}", "threshold=0.5"])
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"error: {old} does not fit the model this amint_pl builds")
+    assert "memory.band_offsets" in stderr

@@ -271,6 +271,7 @@ def test_digits_still_reads_through_its_config():
     bench = benchmark_from_config(compose_dataset("digits"))
     assert bench.train.images.shape[1:] == (1, 8, 8) and len(bench.train) + len(bench.test) == 1797
     assert bench.num_classes == 10
+    assert bench.class_names == tuple(str(i) for i in range(10))  # numbered classes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +471,7 @@ def test_gtsrb_reads_ppm_tree_and_test_csv(tmp_path):
     assert bench.train.images.shape == (15, 3, 16, 16) and bench.test.images.shape == (7, 3, 16, 16)
     assert isinstance(bench.train.images, np.memmap)
     assert np.bincount(bench.train.labels).tolist() == [5, 5, 5]
+    assert len(bench.class_names) == 43 and bench.class_names[7] == "00007"  # its folder names
     assert bench.test.labels.tolist() == [(i * 2) % 3 for i in range(7)]
     assert [int(bench.train.images[6, c, 8, 8]) for c in range(3)] == [
         value(6, c) for c in range(3)
@@ -502,6 +504,7 @@ def test_tiny_imagenet_reads_the_official_tree(tmp_path):
     bench = load("tiny_imagenet", tmp_path, tmp_path / "cache", num_classes=200, image_size=64)
     assert bench.train.images.shape == (12, 3, 64, 64) and bench.test.images.shape == (6, 3, 64, 64)
     assert np.bincount(bench.train.labels).tolist() == [4, 4, 4]  # classes: sorted wnids
+    assert bench.class_names[:3] == tuple(sorted(wnids)) and bench.class_names[3] == "3"
     assert bench.test.labels.tolist() == [(i * 2) % 3 for i in range(6)]
     # JPEG: near the written colour; the grey JPEG (index 1) comes back as 3 equal channels.
     np.testing.assert_allclose(
@@ -555,6 +558,7 @@ def test_imagefolder_seeded_cut_grey_channels_and_inferred_classes(tmp_path):
     )
     bench = benchmark_from_config(cfg)
     assert bench.channels == 1 and bench.num_classes == 3  # sorted folders: id_a, id_b, id_c
+    assert bench.class_names == ("id_a", "id_b", "id_c")
     assert len(bench.train) == 15 and len(bench.test) == 5
     assert bench.train.images.shape[1:] == (1, 24, 24)
     labels = np.concatenate([bench.train.labels, bench.test.labels])

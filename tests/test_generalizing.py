@@ -7,10 +7,16 @@ import torch.nn.functional as F
 
 from amint_pl.data.datamodule import ROLE_CODES
 from amint_pl.errors import ConfigError
-from amint_pl.models.memory import MembershipMemory, memory_from_config, memory_margin
+from amint_pl.models.memory import (
+    MembershipMemory,
+    memory_from_config,
+    memory_margin,
+    splitmix64,
+)
 from amint_pl.models.mint_head import MINTHead, output_statistics
 from amint_pl.training.module import role_positions
-from tests.conftest import TINY, read_results, run_module
+from tests.conftest import run_module
+from tests.shared_runs import general_run
 
 SEEN, UNSEEN, EXTERNAL = (ROLE_CODES[r] for r in ("members_seen", "members_unseen", "external"))
 
@@ -71,6 +77,45 @@ def test_the_memory_keeps_what_cross_entropy_trained_and_nothing_else():
     assert float(seen_margin.min()) > float(unseen_margin.abs().max())
 
 
+def test_every_sign_bit_of_a_code_moves_its_row():
+    # 24 bits into 2**18 rows: a hash of the code's low 18 bits would leave the rows of codes
+    # that differ in bits 18-23 unmoved, as if bits were 18.
+    bits, bands = 24, 4
+    memory = MembershipMemory((1, 8, 8), num_classes=10, bands=bands, bits=bits, buckets=2**18)
+    signs = torch.rand(2000, bands * bits, generator=torch.Generator().manual_seed(0)) > 0.5
+    rows = memory.rows(signs)
+    for bit in range(bits):
+        flipped = signs.clone()
+        flipped[:, bit::bits] ^= True  # this bit of every band's code
+        moved = (memory.rows(flipped) != rows).double().mean()
+        assert moved > 0.99, f"flipping sign bit {bit} moved only {moved:.3f} of the rows"
+    # The bands hash apart: the same code lands on different rows in different bands.
+    same = memory.rows(torch.zeros(1, bands * bits, dtype=torch.bool))[0]
+    assert len(set(same.tolist())) == bands
+    # Any number of buckets: rows stay in range; the seed (kept in the state dict) fixes them.
+    odd = MembershipMemory((1, 8, 8), 10, bands, bits, buckets=1000, seed=3)
+    assert 0 <= int(odd.rows(signs).min()) and int(odd.rows(signs).max()) < 1000
+    again = MembershipMemory((1, 8, 8), 10, bands, bits, buckets=1000, seed=4)
+    again.load_state_dict(odd.state_dict())
+    assert torch.equal(again.rows(signs), odd.rows(signs))
+    assert {"hyperplanes", "band_salts"} <= set(odd.state_dict())
+
+
+def test_splitmix64_wraps_around_as_uint64():
+    mask = 2**64 - 1
+
+    def reference(z: int) -> int:  # splitmix64 on Python's unbounded integers
+        z = (z + 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    assert reference(0) == 0xE220A8397B1DCDAF  # the first output of splitmix64 seeded with 0
+    words = [0, 1, 12345, 2**40 + 7, 2**62 + 1, -1, -(2**63)]
+    mixed = splitmix64(torch.tensor(words, dtype=torch.int64)).tolist()
+    assert [m & mask for m in mixed] == [reference(w & mask) for w in words]
+
+
 def test_memory_settings_are_checked():
     assert memory_from_config({"bands": 0}, (1, 28, 28), 10) is None
     assert memory_from_config(None, (1, 28, 28), 10) is None
@@ -88,15 +133,8 @@ def test_memory_settings_are_checked():
             memory_from_config(bad, (1, 28, 28), 10)
 
 
-def test_the_general_preset_runs_and_audits_on_a_tiny_budget(run_amint, tmp_path):
-    _, run_dir = run_amint(
-        *TINY,
-        "mint=active_general",
-        "mint.positive_fraction=0.5",
-        "mint.rotate_positives=true",
-        "dataset.augment=flip_crop",  # the memory then reads the un-augmented images
-    )
-    results = read_results(run_dir)
+def test_the_general_preset_runs_and_audits_on_a_tiny_budget(tmp_path_factory, tmp_path):
+    run_dir, results = general_run(tmp_path_factory.getbasetemp())
     assert results["status"] == "completed"
     assert {"paper", "strict"} <= set(results["membership"])
     assert 0.0 <= results["membership"]["strict"]["mint"]["auc"] <= 1.0

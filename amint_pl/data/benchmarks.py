@@ -61,6 +61,9 @@ class Benchmark:
     num_classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # The name of each label: the class folders of a data set stored as class folders, else the
+    # labels themselves ("0", "1", ...).
+    class_names: tuple[str, ...] = ()
 
     @property
     def channels(self) -> int:
@@ -169,7 +172,9 @@ def load_benchmark(
     mean, std = _floats(mean, "mean", channels), _floats(std, "std", channels)
     if mean is None or std is None:
         mean, std = cached_stats(train.images, prefix)
-    return Benchmark(name, train, test, int(num_classes), tuple(mean), tuple(std))
+    folders = getattr(train_source, "class_names", None) or ()
+    class_names = tuple(folders[i] if i < len(folders) else str(i) for i in range(num_classes))
+    return Benchmark(name, train, test, int(num_classes), tuple(mean), tuple(std), class_names)
 
 
 # The `dataset` config keys that `load_benchmark` takes itself; the rest go to the reader.

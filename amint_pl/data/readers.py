@@ -45,6 +45,8 @@ FASHION_MNIST_SYSTEM_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets/fashion
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+# GTSRB's 43 class folders, 00000..00042: label i is folder f"{i:05d}".
+GTSRB_CLASSES = tuple(f"{i:05d}" for i in range(43))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,8 +411,8 @@ def read_gtsrb(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles]:
     if not test_paths:
         raise corrupt(test_csv, "no rows")
     return (
-        ImageFiles(train_paths, train_labels, channels=3, num_classes=43),
-        ImageFiles(test_paths, test_labels, channels=3, num_classes=43),
+        ImageFiles(train_paths, train_labels, channels=3, class_names=GTSRB_CLASSES),
+        ImageFiles(test_paths, test_labels, channels=3, class_names=GTSRB_CLASSES),
     )
 
 
@@ -478,8 +480,8 @@ def read_tiny_imagenet(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles]:
     if not test_paths:
         raise not_found("tiny_imagenet", f"{val_dir}/images/*.JPEG", where)
     return (
-        ImageFiles(train_paths, train_labels, 3, native_size=64, num_classes=len(wnids)),
-        ImageFiles(test_paths, test_labels, 3, native_size=64, num_classes=len(wnids)),
+        ImageFiles(train_paths, train_labels, 3, native_size=64, class_names=tuple(wnids)),
+        ImageFiles(test_paths, test_labels, 3, native_size=64, class_names=tuple(wnids)),
     )
 
 
@@ -506,7 +508,7 @@ def read_imagefolder(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles | N
             downloadable=False,
         )
     channels = native_channels(paths)
-    train = ImageFiles(paths, labels, channels, num_classes=len(classes))
+    train = ImageFiles(paths, labels, channels, class_names=tuple(classes))
     test_root = request.options.get("test_root")
     if test_root is None:
         return train, None
@@ -523,4 +525,4 @@ def read_imagefolder(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles | N
     test_paths, test_labels = class_tree(test_root, {c: class_to_idx[c] for c in test_classes})
     if not test_paths:
         raise not_found("imagefolder", f"{test_root}/<class>/<image>", test_where, False)
-    return train, ImageFiles(test_paths, test_labels, channels, num_classes=len(classes))
+    return train, ImageFiles(test_paths, test_labels, channels, class_names=tuple(classes))

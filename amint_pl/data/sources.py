@@ -60,14 +60,19 @@ class ImageFiles:
     channels: the native channels (1 for grey data, else 3; other modes are converted to RGB).
     native_size: the square side all images share, or None when their sizes vary (then
       `dataset.image_size` must be set).
-    num_classes: the number of classes the layout declares (class folders), or None.
+    class_names: the name of each label as the layout names it (its class folders), or None.
     """
 
     paths: Sequence[str | Path]
     labels: np.ndarray
     channels: int
     native_size: int | None = None
-    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes the layout declares, or None."""
+        return None if self.class_names is None else len(self.class_names)
 
     def __post_init__(self) -> None:
         if len(self.paths) != len(self.labels):
@@ -85,7 +90,7 @@ class ImageFiles:
             self.labels[index],
             self.channels,
             self.native_size,
-            self.num_classes,
+            self.class_names,
         )
 
 

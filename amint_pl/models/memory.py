@@ -43,7 +43,23 @@ from amint_pl.errors import ConfigError
 DEFAULTS = {"bands": 16, "bits": 24, "buckets": 262144, "scale": 1.0, "seed": 0}
 # The largest side the image is average-pooled to before hashing (keeps the projection small).
 HASH_SIDE = 32
-_MULTIPLIER = 2654435761  # Knuth's multiplicative hash
+# splitmix64's increment and multipliers, as the int64 values of their 64-bit patterns.
+_SPLITMIX = tuple(c - 2**64 for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shift_right(x: torch.Tensor, n: int) -> torch.Tensor:
+    """The logical (unsigned) right shift of int64 values: torch's `>>` copies the sign bit."""
+    return (x >> n) & ((1 << (64 - n)) - 1)
+
+
+def splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output function on int64 (the bits of uint64, wrapping around): a bijection
+    of 64-bit words in which every input bit moves about half of the output bits. Integer
+    arithmetic only, so the same on every device."""
+    x = x + _SPLITMIX[0]
+    x = (x ^ _shift_right(x, 30)) * _SPLITMIX[1]
+    x = (x ^ _shift_right(x, 27)) * _SPLITMIX[2]
+    return x ^ _shift_right(x, 31)
 
 
 class MembershipMemory(nn.Module):
@@ -77,7 +93,8 @@ class MembershipMemory(nn.Module):
         generator = torch.Generator().manual_seed(seed)
         dims = channels * self.side[0] * self.side[1]
         self.register_buffer("hyperplanes", torch.randn(dims, bands * bits, generator=generator))
-        self.register_buffer("band_offsets", torch.randint(0, 2**30, (bands,), generator=generator))
+        # One random salt per band, mixed into the code before hashing: each band hashes apart.
+        self.register_buffer("band_salts", torch.randint(0, 2**62, (bands,), generator=generator))
         self.register_buffer("bit_values", 2 ** torch.arange(bits), persistent=False)
         self.table = nn.EmbeddingBag(buckets, num_classes, mode="sum")
         nn.init.zeros_(self.table.weight)
@@ -94,9 +111,15 @@ class MembershipMemory(nn.Module):
         x = x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
         x = x.flatten(1)
         x = x - x.mean(1, keepdim=True)
-        signs = (x @ self.hyperplanes.double() > 0).long().view(len(x), self.bands, self.bits)
+        return self.rows(x @ self.hyperplanes.double() > 0)
+
+    def rows(self, signs: torch.Tensor) -> torch.Tensor:
+        """(B, bands) table rows of (B, bands * bits) hyperplane signs: each band's code (its
+        `bits` signs as a number), salted and mixed by splitmix64, modulo `buckets`. Every sign
+        bit reaches every bit of the hash, so all `bits` count whatever the number of buckets."""
+        signs = signs.long().view(len(signs), self.bands, self.bits)
         code = (signs * self.bit_values).sum(-1)
-        return (code * _MULTIPLIER + self.band_offsets) % self.buckets
+        return torch.remainder(splitmix64(code ^ self.band_salts), self.buckets)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) memory logits, already times `scale`."""

@@ -26,6 +26,8 @@ HEAD_KEYS = (
 # loss: log CE of the true label; probs: the sorted log-probabilities; entropy: log entropy;
 # memory: the membership memory's margin at the label (needs `mint.memory`, models/memory.py).
 OUTPUT_FEATURES = ("loss", "probs", "entropy", "memory")
+# The features read at the sample's label (an unlabelled sample's is its predicted class).
+LABELLED_FEATURES = ("loss", "memory")
 
 
 def output_statistics(

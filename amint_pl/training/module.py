@@ -111,6 +111,8 @@ class AMINTModule(L.LightningModule):
         mean, std: normalisation per native channel, [0, 1] units.
         protocols: the protocols with calibration members (`paper`, `strict`), for validation.
         split_fingerprint: the digest of the membership splits this model trains on.
+        class_names: the name of each class as the data set names it (`Benchmark.class_names`;
+            `audit` reads labels of class folders by them).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class AMINTModule(L.LightningModule):
         std: Sequence[float],
         protocols: Sequence[str] = ("paper", "strict"),
         split_fingerprint: str = "",
+        class_names: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -190,6 +193,7 @@ class AMINTModule(L.LightningModule):
             std=benchmark.std,
             protocols=protocols,
             split_fingerprint=split_fingerprint,
+            class_names=list(benchmark.class_names),
         )
 
     # ----------------------------------------------------------------------------------- phases
