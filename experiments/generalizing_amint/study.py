@@ -1,4 +1,4 @@
-"""The generalizing-aMINT study (issue 9): what makes the MINT head detect members it never saw?
+"""The generalizing-aMINT study: what makes the MINT head detect members it never saw?
 
 Runs `python -m amint_pl.run` for each variant x seed (real runs, one after another), reads each
 run's results.json, and writes a table (study.csv, study.md), a per-variant summary over the seeds
@@ -89,8 +89,19 @@ COLUMNS = [
     "strict_mint_auc",
     "strict_mint_tpr1",
     "strict_mint_balacc",
+    "strict_mint_tpr01",
+    "paper_mint_auc_lo",
+    "paper_mint_auc_hi",
+    "strict_mint_auc_lo",
+    "strict_mint_auc_hi",
+    "strict_mint_tpr1_lo",
+    "strict_mint_tpr1_hi",
     "paper_loss_auc",
     "strict_loss_auc",
+    "n_paper_members",
+    "n_strict_members",
+    "n_nonmembers",
+    "external_used",
     "epochs",
     "wall_s",
 ]
@@ -108,13 +119,23 @@ def summarise(results: dict, variant: str, seed: int, wall: float) -> dict:
     m = results["membership"]
     row["test_acc"] = results["audited"]["test_acc"]
     row["epochs"] = results.get("epochs_trained")
+    row["external_used"] = (results.get("training") or {}).get("external_used")
     for protocol in ("paper", "strict"):
         row[f"{protocol}_loss_auc"] = m[protocol]["loss"]["auc"]
+        row[f"n_{protocol}_members"] = m[protocol]["loss"]["n_members"]
+        row["n_nonmembers"] = m[protocol]["loss"]["n_nonmembers"]
         if "mint" in m[protocol]:
-            row[f"{protocol}_mint_auc"] = m[protocol]["mint"]["auc"]
-            row[f"{protocol}_mint_tpr1"] = m[protocol]["mint"]["tpr_at_1%_fpr"]
+            mint = m[protocol]["mint"]
+            row[f"{protocol}_mint_auc"] = mint["auc"]
+            row[f"{protocol}_mint_tpr1"] = mint["tpr_at_1%_fpr"]
+            if "auc_ci" in mint:  # confidence intervals (bootstrap.resamples > 0)
+                row[f"{protocol}_mint_auc_lo"], row[f"{protocol}_mint_auc_hi"] = mint["auc_ci"]
     if "mint" in m["strict"]:
-        row["strict_mint_balacc"] = m["strict"]["mint"]["balanced_acc_calibrated"]
+        mint = m["strict"]["mint"]
+        row["strict_mint_balacc"] = mint["balanced_acc_calibrated"]
+        row["strict_mint_tpr01"] = mint["tpr_at_0.1%_fpr"]
+        if "tpr_at_1%_fpr_ci" in mint:
+            row["strict_mint_tpr1_lo"], row["strict_mint_tpr1_hi"] = mint["tpr_at_1%_fpr_ci"]
     return row
 
 
