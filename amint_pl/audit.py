@@ -231,7 +231,10 @@ class Classes:
 
     def describe(self) -> str:
         if not self.names:
-            return "the checkpoint records no class names: give labels=<.npy> of class indices"
+            return (
+                "the checkpoint records no class names: train it again with this amint_pl, or "
+                "audit a tensor of the images with labels=<.npy of class indices>"
+            )
         shown = ", ".join(self.names[:8]) + (", ..." if len(self.names) > 8 else "")
         return f"its {len(self.names)} classes are {shown}"
 
