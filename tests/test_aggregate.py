@@ -46,6 +46,7 @@ def _table(sweep_dir):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_table_matches_each_runs_results(sweep):
     sweep_dir, completed, _ = sweep
     rows = _table(sweep_dir)
@@ -71,6 +72,7 @@ def test_table_matches_each_runs_results(sweep):
                 assert float(row["acc_at_0.5"]) == pytest.approx(m["acc_at_0.5"])
 
 
+@pytest.mark.slow
 def test_failed_and_unfinished_runs_are_listed(sweep):
     sweep_dir, _, out = sweep
     rows = _table(sweep_dir)

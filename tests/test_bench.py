@@ -50,6 +50,7 @@ def _ratio(value):
     return value
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_every_ratio(quick_bench):
     _, results = quick_bench
     model = results["models"]["small_cnn"]
@@ -63,6 +64,7 @@ def test_quick_bench_reports_every_ratio(quick_bench):
     assert results["pipeline"]["target"] == 3.0
 
 
+@pytest.mark.slow
 def test_lightning_and_raw_loop_do_identical_work(quick_bench):
     # Same weights, batches and loss: the last losses of both sides agree.
     _, results = quick_bench
@@ -70,6 +72,7 @@ def test_lightning_and_raw_loop_do_identical_work(quick_bench):
     assert check["same_work"] and check["last_loss_rel_diff"] < 1e-3
 
 
+@pytest.mark.slow
 def test_quick_bench_records_memory_scaling_and_the_machine(quick_bench):
     out, results = quick_bench
     lightning = results["models"]["small_cnn"]["lightning_vs_raw"]["lightning"]

@@ -88,6 +88,7 @@ def test_memory_settings_are_checked():
             memory_from_config(bad, (1, 28, 28), 10)
 
 
+@pytest.mark.slow
 def test_the_general_preset_runs_and_audits_on_a_tiny_budget(run_amint, tmp_path):
     _, run_dir = run_amint(
         *TINY,

@@ -104,6 +104,7 @@ def first_run(tmp_path_factory):
     return tmp_path, proc, run_dir
 
 
+@pytest.mark.slow
 def test_tiny_run_scores_rmia_in_every_report(first_run):
     _, proc, run_dir = first_run
     results = read_results(run_dir)
@@ -125,6 +126,7 @@ def test_tiny_run_scores_rmia_in_every_report(first_run):
     assert "RMIA (Zarifzadeh)" in proc.stdout  # the printed table
 
 
+@pytest.mark.slow
 def test_cached_reference_models_are_reused(first_run):
     tmp_path, _, first_dir = first_run
     cache = first_dir / "reference_models"
@@ -139,6 +141,7 @@ def test_cached_reference_models_are_reused(first_run):
     assert not (run_dir / "reference_models").exists()
 
 
+@pytest.mark.slow
 def test_reference_models_of_other_data_are_refused(first_run):
     tmp_path, _, first_dir = first_run
     cache = first_dir / "reference_models"
@@ -153,6 +156,7 @@ def test_reference_models_of_other_data_are_refused(first_run):
     assert results["status"] == "failed" and "CheckpointError" in results["error"]
 
 
+@pytest.mark.slow
 def test_bad_attack_setting_stops_before_training(tmp_path):
     proc, run_dir = _run(tmp_path, "bad", *REFERENCE, "attack.gamma=0")
     assert proc.returncode == 2

@@ -61,6 +61,7 @@ def uninterrupted(tmp_path_factory):
     return three_epoch_run(tmp_path_factory.getbasetemp())
 
 
+@pytest.mark.slow
 def test_a_run_writes_only_inside_its_run_directory_and_data_folder(uninterrupted):
     _, results, outside = uninterrupted
     assert results["status"] == "completed"
@@ -68,6 +69,7 @@ def test_a_run_writes_only_inside_its_run_directory_and_data_folder(uninterrupte
     assert outside == ["cwd"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_results(uninterrupted):
     root, results, _ = uninterrupted
     again = train(root, root / "again", "trainer.max_epochs=3")
@@ -89,6 +91,7 @@ def epoch_of(checkpoint):
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted):
     root, results, _ = uninterrupted
     run_dir = root / "stopped"
@@ -110,6 +113,7 @@ def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted):
     assert logged_epochs(run_dir / "attempts" / "1") == {"0", "1"}  # Lightning would delete these
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "trained_with"),
     [
@@ -142,6 +146,7 @@ def test_readme_lists_the_keys_a_resume_may_change():
     assert f"Only {listed} may change" in readme
 
 
+@pytest.mark.slow
 def test_a_killed_run_keeps_its_checkpoint_says_failed_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "joint" / "last.ckpt"
@@ -207,15 +212,10 @@ def stop_at(stage, run_dir, *overrides):
     return read_results(run_dir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stage",
-    [
-        pytest.param("caching", marks=pytest.mark.slow),
-        pytest.param("splitting", marks=pytest.mark.slow),
-        "training",
-        "evaluating",
-        "reporting",
-    ],
+    ["caching", "splitting", "training", "evaluating", "reporting"],
 )
 def test_a_run_stopped_at_any_stage_says_where_and_resumes_to_the_same_results(
     uninterrupted, tmp_path, stage

@@ -42,6 +42,7 @@ def _jobs(log_dir):
     return jobs
 
 
+@pytest.mark.slow
 def test_two_by_two_multirun_writes_one_run_per_cell(tmp_path, run_amint):
     write_tiny_mnist(tmp_path / "data")
     proc, _ = run_amint(*TINY, "dataset=digits,mnist", "mint=active,passive", "-m")
@@ -61,6 +62,7 @@ def test_two_by_two_multirun_writes_one_run_per_cell(tmp_path, run_amint):
         assert results["distributed"]["process_group_size"] == 1
 
 
+@pytest.mark.slow
 def test_a_failed_job_leaves_its_error_and_the_joblib_sweep_goes_on(tmp_path, run_amint):
     proc, _ = run_amint(
         *TINY, "hydra/launcher=joblib", "optim.name=nesterov,adam", "-m", check=False

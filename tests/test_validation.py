@@ -103,6 +103,7 @@ def test_shipped_models_pass(option):
     validate_config(_compose(NO_DATA, f"model={option}", "mint=passive"))
 
 
+@pytest.mark.slow
 def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
     proc = _run(tmp_path, "dataset.augmnt=flip_crop")
     _one_line_error(proc, "Could not override 'dataset.augmnt'. Key 'augmnt' is not in struct")
@@ -110,6 +111,7 @@ def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -132,6 +134,7 @@ def test_the_entry_point_stops_before_data_or_training(tmp_path, overrides, mess
     assert results["stage"] in ("validating", "splitting") and "resume_with" not in results
 
 
+@pytest.mark.slow
 def test_an_existing_run_directory_is_never_overwritten(tmp_path):
     run_dir = tmp_path / "earlier"
     run_dir.mkdir()
@@ -141,6 +144,7 @@ def test_an_existing_run_directory_is_never_overwritten(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_dir", [None, "empty"])
 def test_resume_needs_the_run_directory(tmp_path, run_dir):
     extra = [f"hydra.run.dir={tmp_path / run_dir}"] if run_dir else []

@@ -5,10 +5,14 @@ protocols and every method, the ROC / histogram images and the per-method table.
 import json
 import struct
 
+import pytest
 from wandb.proto import wandb_internal_pb2
 
 from amint_pl.aggregate import aggregate
 from tests.conftest import TINY, read_results, run_dirs
+
+# Each test starts the entry points as processes: the full suite only (make test).
+pytestmark = pytest.mark.slow
 
 # A .wandb file: the header ":W&B" + magic + version, then records in 32 KiB blocks, each record
 # as [crc32 (4), length (2), type (1)] + bytes; type 1 = a whole record, 2/3/4 = first/middle/last.
