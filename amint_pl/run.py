@@ -172,8 +172,13 @@ def check_resume(cfg: DictConfig, output_dir: Path) -> None:
 
 def run_config(output_dir: Path) -> dict[str, Any]:
     """The resolved config a run was started with (<run dir>/.hydra/config.yaml)."""
-    saved = OmegaConf.load(output_dir / RUN_CONFIG)
-    return OmegaConf.to_container(saved, resolve=True)
+    try:
+        return OmegaConf.to_container(OmegaConf.load(output_dir / RUN_CONFIG), resolve=True)
+    except Exception as err:
+        raise ConfigError(
+            f"{output_dir / RUN_CONFIG} cannot be read ({type(err).__name__}: {err}): resume a run "
+            "directory that amint_pl wrote, as it left it"
+        ) from err
 
 
 def keep_earlier_attempt(output_dir: Path) -> None:
