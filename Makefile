@@ -23,6 +23,7 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# The quick lane: the in-process tests (about a minute on 2 cores); `make test` runs them all.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,3 +118,11 @@ def test_an_unknown_compile_mode_names_the_choices():
     assert compile_mode(False) is None and compile_mode(True) == "default"
     with pytest.raises(ConfigError, match=r"model.compile='fastest' is unknown: use false, true"):
         compile_mode("fastest")
+
+
+def test_quick_figures_go_to_a_scratch_folder_unless_told():
+    """--quick never overwrites the measured experiments/results/bench-<machine>.*."""
+    assert bench.parse_args([]).out == bench.RESULTS
+    assert bench.parse_args(["--quick"]).out == bench.SCRATCH
+    assert not bench.SCRATCH.is_relative_to(REPO)
+    assert bench.parse_args(["--quick", "--out", "x"]).out == Path("x")
