@@ -381,8 +381,15 @@ def _trainer(
         kwargs["max_epochs"] = int(cfg.mint.head_max_epochs)
     mode = str(cfg.mint.monitor_mode)
     folder = output_dir / "checkpoints" / phase
+    # A resumed run retrains the epoch it was stopped in and writes that epoch's files again under
+    # the same names (no -v1 copies): e.g. a best checkpoint saved just before the stop.
     best = ModelCheckpoint(
-        dirpath=folder, filename="best-{epoch:03d}", monitor=monitor, mode=mode, save_top_k=1
+        dirpath=folder,
+        filename="best-{epoch:03d}",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        enable_version_counter=False,
     )
     # last.ckpt at the end of every epoch (Lightning's save_last rewrites it only when the best
     # improves): a second callback that keeps the newest checkpoint, under one name. Lightning
