@@ -23,11 +23,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# The quick lane: the in-process tests (about a minute on 2 cores); `make test` runs them all.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 # The speed bench (8 min on 2 busy CPU cores): experiments/results/bench-<machine>.json and .md.
-# ARGS="--quick" for a smoke test; on a GPU: ARGS="--device cuda --precision bf16-mixed --models resnet18,vit"
+# ARGS="--quick" for a smoke test (its files go to a scratch folder); on a GPU: ARGS="--device cuda --precision bf16-mixed --models resnet18,vit"
 bench: install
 	$(BIN)/python experiments/bench.py $(ARGS)
 

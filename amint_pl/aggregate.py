@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 from amint_pl.errors import AmintError, ConfigError
 
 # The published figures (copied from the paper; see experiments/reference/README.md).
@@ -194,17 +196,24 @@ def find_runs(paths: Iterable[Path]) -> list[Path]:
 
 def _config_of(run_dir: Path) -> dict[str, Any]:
     """The composed config of an unfinished run (what it was asked to do), best effort."""
-    try:
-        from omegaconf import OmegaConf
+    from omegaconf import OmegaConf
 
+    from amint_pl.loggers import preset_label
+
+    try:
         cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"))
     except Exception:
         return {}
+    try:
+        hydra_cfg = OmegaConf.load(run_dir / ".hydra" / "hydra.yaml")
+        preset = OmegaConf.select(hydra_cfg, "hydra.runtime.choices.mint")
+    except Exception:
+        preset = None
     return {
         "dataset": (cfg.get("dataset") or {}).get("name", ""),
         "model": (cfg.get("model") or {}).get("name", ""),
         "taps": _taps_label((cfg.get("mint") or {}).get("taps", "")),
-        "mint_mode": (cfg.get("mint") or {}).get("mode", ""),
+        "mint_mode": preset_label(str((cfg.get("mint") or {}).get("mode", "")), preset),
         "seed": cfg.get("seed", ""),
     }
 
@@ -530,6 +539,30 @@ def plot_heatmap(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+class SweepOutcome(Callback):
+    """A Hydra callback (conf/hydra/default.yaml): once every job of a sweep has run, the sweep
+    exits with code 1 when any job did not complete, saying how many."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = find_runs([sweep_dir]) if sweep_dir.is_dir() else []
+        failed = [job for job in jobs if _status(job) != "completed"]
+        if failed:
+            print(
+                f"error: {len(failed)} of {len(jobs)} jobs of the sweep failed (their results.json "
+                f"say why; python -m amint_pl.aggregate {sweep_dir} lists them)",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
+
+
+def _status(run_dir: Path) -> str:
+    try:
+        return str(json.loads((run_dir / "results.json").read_text()).get("status"))
+    except (OSError, ValueError):
+        return "unfinished"
 
 
 def write_outputs(rows: Sequence[Mapping[str, Any]], out: Path) -> str:

@@ -40,15 +40,58 @@ def sweep_group() -> str | None:
     return "_".join(Path(str(HydraConfig.get().sweep.dir)).parts[-2:])
 
 
-def _wandb_kwargs(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
+def run_choices() -> dict[str, str]:
+    """The option the run chose in each config group (e.g. model: resnet50, mint: active_general);
+    empty outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
 
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {g: str(o) for g, o in choices.items() if o is not None and not g.startswith("hydra")}
+
+
+def _preset_mode(preset: str) -> str | None:
+    """The mint.mode that conf/mint/<preset>.yaml sets, itself or through the presets it extends."""
+    from importlib import resources
+
+    path = resources.files("amint_pl") / "conf" / "mint" / f"{preset}.yaml"
+    if not path.is_file():
+        return None
+    node = OmegaConf.create(path.read_text())
+    if "mode" in node:
+        return str(node.mode)
+    bases = [d for d in node.get("defaults") or [] if isinstance(d, str) and d != "_self_"]
+    return next((m for m in map(_preset_mode, reversed(bases)) if m), None)
+
+
+def preset_label(mode: str, preset: str | None) -> str:
+    """What a run's mint setting is called in results.json, titles, W&B and the aggregate: the
+    mint preset it chose (active, active_general, passive, off), or its mint.mode when that was
+    changed away from the preset's."""
+    return preset if preset and _preset_mode(preset) == mode else mode
+
+
+def mint_label(cfg: DictConfig) -> str:
+    """`preset_label` of the running Hydra run (its mint.mode outside one)."""
+    return preset_label(str(cfg.mint.mode), run_choices().get("mint"))
+
+
+def _wandb_kwargs(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
-    if HydraConfig.initialized():
-        config["choices"] = dict(HydraConfig.get().runtime.choices)  # e.g. model=resnet50
+    config["choices"] = run_choices()  # e.g. model=resnet50
     kwargs: dict[str, Any] = {"config": config}
     if node.get("group") is None:
         kwargs["group"] = sweep_group()
+    # Named by the mint preset (active_general, not its mode active), unless set in the config.
+    label, taps = mint_label(cfg), cfg.mint.taps
+    taps = taps if isinstance(taps, str) else "_".join(map(str, taps))
+    defaults = {
+        "name": f"{cfg.dataset.name}-{cfg.model.name}-{label}-taps_{taps}-seed{cfg.seed}",
+        "tags": [str(cfg.dataset.name), str(cfg.model.name), f"mint_{label}", f"taps_{taps}"],
+        "job_type": label,
+    }
+    kwargs.update({k: v for k, v in defaults.items() if node.get(k) is None})
     return kwargs
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import secrets
+import shutil
 import sys
 import time
 import warnings
@@ -26,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from amint_pl.errors import AmintError, ConfigError
+from amint_pl.loggers import mint_label, run_choices
 
 # Run directories carry this: the process id and a random suffix, fixed for the whole process.
 RUN_UID = f"{os.getpid()}-{secrets.token_hex(2)}"
@@ -50,6 +52,9 @@ LAUNCHER_PLUGINS = {
     "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
     "submitit_local": "hydra_plugins.hydra_submitit_launcher",
 }
+# A run directory's own config and overrides, as Hydra wrote them when it started.
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+RUN_OVERRIDES = Path(".hydra") / "overrides.yaml"
 # Our conf/hydra/launcher files carry the plugins' names, so Hydra checks them against the
 # plugins' schemas, and says so (a deprecation notice) in every process of a sweep.
 warnings.filterwarnings("ignore", message=r"(?s).*is validated against ConfigStore schema")
@@ -104,11 +109,11 @@ def check_overrides(overrides: list[str]) -> None:
     if (
         rank_zero
         and given.get("ckpt_path") == "last"
-        and not (run_dir and (Path(run_dir) / "splits.npz").is_file())
+        and not (run_dir and (Path(run_dir) / RUN_CONFIG).is_file())
     ):
         raise ConfigError(
             "ckpt_path=last resumes a run in its own directory: add hydra.run.dir=<the run directory> "
-            "(the one holding splits.npz and checkpoints/)"
+            f"(the one holding {RUN_CONFIG})"
         )
 
 
@@ -137,19 +142,47 @@ def resumed_config_dir(overrides: list[str]) -> list[str]:
     return [f"hydra.output_subdir=.hydra/resumed-{time.strftime('%Y-%m-%d_%H-%M-%S')}_{RUN_UID}"]
 
 
-def prepare_resume(cfg: DictConfig, output_dir: Path) -> None:
-    """Before a run is resumed: refuse a config or checkpoint that cannot continue it (nothing of
-    the run is touched then), and move what its earlier attempt wrote to <dir>/attempts/<n>/."""
+def check_resume(cfg: DictConfig, output_dir: Path) -> None:
+    """Before a run is resumed: refuse a config or checkpoint that cannot continue it. Nothing of
+    the run is touched then: the config Hydra has just written for this attempt is removed."""
     from amint_pl.training.module import phases_of
-    from amint_pl.validation import check_checkpoint, check_resumable, validate_config
+    from amint_pl.validation import (
+        check_checkpoint,
+        check_resumable,
+        check_same_experiment,
+        validate_config,
+    )
 
-    validate_config(cfg)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    for path in resume_plan(cfg.ckpt_path, output_dir, phases_of(cfg.mint.mode)).values():
-        if path != SKIP_PHASE:
-            checkpoint = read_checkpoint(path)
-            check_checkpoint(checkpoint, path)
-            check_resumable(checkpoint, config, "")
+    try:
+        validate_config(cfg)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if cfg.ckpt_path == "last":
+            check_same_experiment(run_config(output_dir), config, "the run")
+        for path in resume_plan(cfg.ckpt_path, output_dir, phases_of(cfg.mint.mode)).values():
+            if path != SKIP_PHASE:
+                checkpoint = read_checkpoint(path)
+                check_checkpoint(checkpoint, path)
+                check_resumable(checkpoint, config, "")
+    except AmintError:
+        attempt_config = output_dir / str(HydraConfig.get().output_subdir)
+        if _is_rank_zero() and attempt_config.name.startswith("resumed-"):
+            shutil.rmtree(attempt_config, ignore_errors=True)
+        raise
+
+
+def run_config(output_dir: Path) -> dict[str, Any]:
+    """The resolved config a run was started with (<run dir>/.hydra/config.yaml)."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(output_dir / RUN_CONFIG), resolve=True)
+    except Exception as err:
+        raise ConfigError(
+            f"{output_dir / RUN_CONFIG} cannot be read ({type(err).__name__}: {err}): resume a run "
+            "directory that amint_pl wrote, as it left it"
+        ) from err
+
+
+def keep_earlier_attempt(output_dir: Path) -> None:
+    """Move what an earlier attempt of a resumed run wrote to <run dir>/attempts/<n>/."""
     if not _is_rank_zero() or not any((output_dir / n).exists() for n in ATTEMPT_FILES):
         return
     attempts = output_dir / "attempts"
@@ -190,6 +223,49 @@ def versions() -> dict[str, str]:
     }
 
 
+# What a run does, in order: results.json of a run that stopped names the stage it was in.
+STAGES = ("starting", "validating", "caching", "splitting", "training", "evaluating", "reporting")
+# A developer's hook: with AMINT_PAUSE_AT_STAGE=<stage> a run waits at the start of that stage
+# until a signal ends it (the tests stop runs there, one stage after another).
+PAUSE_ENV = "AMINT_PAUSE_AT_STAGE"
+
+
+def _enter_stage(results: dict[str, Any], stage: str, **where: Any) -> None:
+    results.update(stage=stage, **where)
+    if os.environ.get(PAUSE_ENV) == stage and _is_rank_zero():
+        print(f"paused at stage {stage} ({PAUSE_ENV})", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(0.05)
+
+
+class _StopOnSigterm:
+    """While a run runs, SIGTERM (what schedulers send before they kill a job) raises Lightning's
+    SIGTERMException wherever the run is, so that every stage ends through the failure path:
+    results.json and the resume command. Inside `trainer.fit` Lightning's own handler runs first
+    (it stops DDP processes) and then this one."""
+
+    def __enter__(self) -> _StopOnSigterm:
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        raise SIGTERMException
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one experiment in the Hydra run directory; return results.json's content."""
     output_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -199,39 +275,47 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         "run_dir": str(output_dir),
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
-        "mint_mode": cfg.mint.mode,
+        "mint_mode": mint_label(cfg),
+        "choices": run_choices(),
         "taps": cfg.mint.taps if isinstance(cfg.mint.taps, str) else list(cfg.mint.taps),
-        "seed": int(cfg.seed),
-        "config_digest": config_digest(cfg),
-        "versions": versions(),
+        "seed": cfg.seed,
     }
-    if cfg.get("ckpt_path") is not None:
-        prepare_resume(cfg, output_dir)  # a refused resume leaves the run as it was
-    try:
-        from amint_pl.distributed import JobProcesses
-        from amint_pl.validation import validate_config
+    with _StopOnSigterm():
+        if cfg.get("ckpt_path") is not None:
+            check_resume(cfg, output_dir)  # a refused resume leaves the run as it was
+        try:
+            _enter_stage(results, "starting")
+            if cfg.get("ckpt_path") is not None:
+                keep_earlier_attempt(output_dir)
+            results.update(config_digest=config_digest(cfg), versions=versions())
+            from amint_pl.distributed import JobProcesses
+            from amint_pl.validation import validate_config
 
-        validate_config(cfg)  # before any data is decoded: one line that names the fix
+            _enter_stage(results, "validating")
+            validate_config(cfg)  # before any data is decoded: one line that names the fix
 
-        # Correct DDP inside a sweep too: this job's ranks only, and nothing left for the next job.
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-        with JobProcesses(multirun, cfg.trainer.get("strategy", "auto")) as job:
-            results.update(_train_and_evaluate(cfg, output_dir, job))
-        results["status"] = "completed"
-    except BaseException as err:
-        # Lightning turns Ctrl+C into sys.exit(1): record the interrupt itself.
-        cause = err.__context__ if isinstance(err, SystemExit) and err.__context__ else err
-        results.update(
-            status="failed", error=f"{type(cause).__name__}: {str(cause) or 'interrupted'}"
-        )
-        if any((output_dir / "checkpoints").glob("*/last.ckpt")):
-            results["resume_with"] = f"hydra.run.dir={output_dir} ckpt_path=last"
-        if isinstance(err, SystemExit) and not err.code:
-            raise SystemExit(1) from err  # SIGTERM (Lightning's SIGTERMException) must not exit 0
-        raise
-    finally:
-        results["wall_time_s"] = round(time.time() - started, 2)
-        _finish(cfg, output_dir, results)
+            # Correct DDP inside a sweep too: this job's ranks only, nothing left for the next job.
+            multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+            with JobProcesses(multirun, cfg.trainer.get("strategy", "auto")) as job:
+                results.update(_train_and_evaluate(cfg, output_dir, job, results))
+            results["status"] = "completed"
+            for key in ("stage", "phase"):
+                results.pop(key, None)
+        except BaseException as err:
+            # Lightning turns Ctrl+C into sys.exit(1): record the interrupt itself.
+            plain_exit = type(err) is SystemExit and err.__context__ is not None
+            cause = err.__context__ if plain_exit else err
+            results.update(
+                status="failed", error=f"{type(cause).__name__}: {str(cause) or 'interrupted'}"
+            )
+            if not isinstance(err, AmintError):  # a user's error: fix it and start a new run
+                results["resume_with"] = f"hydra.run.dir={output_dir} ckpt_path=last"
+            if isinstance(err, SystemExit) and not err.code:
+                raise SystemExit(1) from err  # SIGTERM (Lightning's SIGTERMException): not 0
+            raise
+        finally:
+            results["wall_time_s"] = round(time.time() - started, 2)
+            _finish(cfg, output_dir, results)
     return results
 
 
@@ -296,16 +380,27 @@ def _trainer(
     if phase == "mint_head":
         kwargs["max_epochs"] = int(cfg.mint.head_max_epochs)
     mode = str(cfg.mint.monitor_mode)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints" / phase,
+    folder = output_dir / "checkpoints" / phase
+    # A resumed run retrains the epoch it was stopped in and writes that epoch's files again under
+    # the same names (no -v1 copies): e.g. a best checkpoint saved just before the stop.
+    best = ModelCheckpoint(
+        dirpath=folder,
         filename="best-{epoch:03d}",
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
+        enable_version_counter=False,
+    )
+    # last.ckpt at the end of every epoch (Lightning's save_last rewrites it only when the best
+    # improves): a second callback that keeps the newest checkpoint, under one name. Lightning
+    # runs checkpoint callbacks last and in this order, so it holds the epoch's early stopping and
+    # best-checkpoint state too.
+    last = ModelCheckpoint(
+        dirpath=folder, filename=LAST_CHECKPOINT, save_top_k=1, enable_version_counter=False
     )
     callbacks = [
-        checkpoint,
+        best,
+        last,
         EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping_patience)),
         *(extra_callbacks or []),
     ]
@@ -319,26 +414,23 @@ def _trainer(
 
 
 SKIP_PHASE = "skip"
+# checkpoints/<phase>/<LAST_CHECKPOINT>.ckpt: the state at the end of the newest finished epoch.
+LAST_CHECKPOINT = "last"
 
 
 def resume_plan(ckpt_path: Any, output_dir: Path, phases: tuple[str, ...]) -> dict[str, str]:
     """What each phase continues from (`ckpt_path`): a checkpoint, SKIP_PHASE, or nothing (absent).
 
     `last`: each phase's checkpoints/<phase>/last.ckpt in the run directory; each phase goes on to
-    its max_epochs (a phase that early-stopped stays stopped). A file: the phase it was saved in
-    continues from it; earlier phases are in its weights and are skipped.
+    its max_epochs (a phase that early-stopped stays stopped); a phase without one (the run
+    stopped before that phase finished an epoch) trains from its start. A file: the phase it was
+    saved in continues from it; earlier phases are in its weights and are skipped.
     """
     if ckpt_path is None:
         return {}
     if ckpt_path == "last":
-        found = {p: output_dir / "checkpoints" / p / "last.ckpt" for p in phases}
-        plan = {p: str(f) for p, f in found.items() if f.is_file()}
-        if not plan:
-            raise ConfigError(
-                f"ckpt_path=last: {output_dir / 'checkpoints'} holds no last.ckpt (the run stopped "
-                "before its first epoch ended): start it again in a new run directory"
-            )
-        return plan
+        found = {p: output_dir / "checkpoints" / p / f"{LAST_CHECKPOINT}.ckpt" for p in phases}
+        return {p: str(f) for p, f in found.items() if f.is_file()}
     phase = checkpoint_progress(ckpt_path)["phase"]
     if phase not in phases:
         raise ConfigError(
@@ -406,7 +498,10 @@ def _quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=message)
 
 
-def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str, Any]:
+def _train_and_evaluate(
+    cfg: DictConfig, output_dir: Path, job: Any, results: dict[str, Any]
+) -> dict[str, Any]:
+    """Every stage after validation; `results` says which one the run is in."""
     import lightning as L
     import torch
 
@@ -429,7 +524,9 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
 
     _quiet_lightning()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    _enter_stage(results, "caching")
     benchmark = benchmark_from_config(cfg.dataset)
+    _enter_stage(results, "splitting")
     splits = _load_splits(cfg, output_dir, len(benchmark.train), len(benchmark.test))
     if cfg.attack.reference:  # bad settings or a stale cache stop before anything trains
         from amint_pl.evaluation.reference import check_reference_attack
@@ -450,6 +547,7 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
     trainer = None
     plan = resume_plan(cfg.get("ckpt_path"), output_dir, module.phases)
     for i, phase in enumerate(module.phases):
+        _enter_stage(results, "training", phase=phase)
         module.set_phase(phase)
         monitor = "val/paper/mint_auc" if phase == "mint_head" else str(cfg.mint.monitor)
         trainer = _trainer(cfg, output_dir, phase, monitor, loggers, [job.shard_report])
@@ -474,6 +572,8 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
             check_checkpoint(state, best)
             module.load_state_dict(state["state_dict"])
             best_checkpoints[phase] = str(Path(best).relative_to(output_dir))
+    results.pop("phase", None)
+    _enter_stage(results, "evaluating")
     predictions = trainer.predict(module, datamodule=datamodule)
     # Under DDP each rank scored its shard: every rank gets them all (and the per-rank counts).
     samples = scored_samples(gather_predictions(predictions))
@@ -514,8 +614,9 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
     }
     if reference_attack_summary is not None:
         evaluation["reference_attack"] = reference_attack_summary
+    _enter_stage(results, "reporting")
     if _is_rank_zero():
-        title = f"{cfg.dataset.name} | {cfg.model.name} | mint={cfg.mint.mode} | taps={evaluation['tap_info'][0]['module']}"
+        title = f"{cfg.dataset.name} | {cfg.model.name} | mint={mint_label(cfg)} | taps={evaluation['tap_info'][0]['module']}"
         write_scores_csv(output_dir / "scores.csv", samples, splits)
         plot_roc(output_dir / "roc.png", samples, splits, membership, title)
         plot_score_hist(output_dir / "scores_hist.png", samples, title)
@@ -536,7 +637,7 @@ def _train_and_evaluate(cfg: DictConfig, output_dir: Path, job: Any) -> dict[str
             {
                 "dataset": cfg.dataset.name,
                 "model": cfg.model.name,
-                "mint_mode": cfg.mint.mode,
+                "mint_mode": mint_label(cfg),
                 **evaluation,
             }
         )
@@ -589,15 +690,54 @@ def check_keys(args: list[str]) -> None:
             ) from err
 
 
+def _override_key(arg: str) -> str:
+    return arg.lstrip("+~").partition("=")[0]
+
+
+def with_run_overrides(args: list[str]) -> list[str]:
+    """For a resume in place (hydra.run.dir=<run> ckpt_path=...): the overrides the run was
+    composed with (those of its newest attempt, .hydra/[resumed-*/]overrides.yaml), each one given
+    now in its place. Other command lines come back as they are."""
+    given = dict(arg.partition("=")[::2] for arg in args if "=" in arg)
+    run_dir = Path(given.get("hydra.run.dir", "").strip("\"'") or "-")
+    if (
+        given.get("ckpt_path", "null") in ("null", "")
+        or any(arg in ("-m", "--multirun") for arg in args)
+        or not (run_dir / RUN_OVERRIDES).is_file()
+    ):
+        return args
+    attempts = sorted(run_dir.glob(f"{RUN_OVERRIDES.parent}/resumed-*/{RUN_OVERRIDES.name}"))
+    saved = [str(o) for o in OmegaConf.load(([run_dir / RUN_OVERRIDES, *attempts])[-1])]
+    now = {_override_key(arg): arg for arg in args if "=" in arg}
+    kept = [o for o in saved if _override_key(o) not in now]
+    for arg in args:  # a key the run added with + is still added
+        before = next((o for o in saved if _override_key(o) == _override_key(arg)), "")
+        kept.append("+" + arg if before.startswith("+") and not arg.startswith("+") else arg)
+    return kept
+
+
+def with_timm_config(args: list[str]) -> list[str]:
+    """`model.name=<timm name>` alone selects conf/model/timm.yaml (the default model's config
+    holds small_cnn's own arguments), unless a model config or an experiment is chosen."""
+    keys = {_override_key(arg) for arg in args if "=" in arg}
+    names = [arg.partition("=")[2] for arg in args if _override_key(arg) == "model.name"]
+    if not names or keys & {"model", "experiment"} or names == ["small_cnn"]:
+        return args
+    return ["model=timm", *args]
+
+
 def main() -> None:
     """`python -m amint_pl.run [overrides]`: one experiment, or a sweep with -m."""
     try:
-        check_overrides(sys.argv[1:])
-        check_keys(sys.argv[1:])
+        args = with_timm_config(with_run_overrides(sys.argv[1:]))
+        check_overrides(args)
+        check_keys(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    sys.argv += resumed_config_dir(sys.argv[1:])
+    if args != sys.argv[1:]:
+        print(f"overrides: {' '.join(args)}", file=sys.stderr)
+    sys.argv[1:] = args + resumed_config_dir(args)
     _hydra_main()
 
 

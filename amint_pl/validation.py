@@ -29,20 +29,18 @@ VERSION_KEY = "amint_pl_version"
 DIGEST_KEY = "amint_digest"
 # Checkpoint entries the digest covers besides the weights and the hyper-parameters.
 SEALED_KEYS = (VERSION_KEY, "amint_phase", "amint_split_fingerprint")
-# Config keys a resumed run may change: where files live, what is logged, and how long it trains.
-# Anything else would make the resumed run differ from the one it continues.
+# Config keys a resumed run may change: where files live, what is logged and shown, and how
+# long it trains. Anything else would make the resumed run differ from the one it continues, so it
+# is refused, even what changes numbers only in their last digits (trainer.accelerator,
+# trainer.deterministic, eval_batch_size: the batches that score samples) and the evaluation
+# (attack: the resumed results.json would not be the uninterrupted run's).
 RESUMABLE_KEYS = (
-    "ckpt_path",
-    "paths",
-    "logger",
-    "attack",  # evaluation only: the reference-model attack trains its own models
-    "bootstrap",  # evaluation only: the confidence intervals
     "trainer.max_epochs",
     "mint.head_max_epochs",
     "early_stopping_patience",
-    "eval_batch_size",
-    "trainer.accelerator",
-    "trainer.deterministic",
+    "ckpt_path",
+    "paths",
+    "logger",
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
@@ -225,6 +223,7 @@ def _check_training(cfg: Mapping[str, Any]) -> None:
     _positive_int(cfg.get("eval_batch_size"), "eval_batch_size")
     trainer = cfg.get("trainer") or {}
     _positive_int(trainer.get("max_epochs"), "trainer.max_epochs")
+    _check_accelerator(trainer)
     devices = trainer.get("devices", "auto")
     if not (devices in ("auto", -1) or isinstance(devices, list | tuple)):
         _positive_int(devices, "trainer.devices", ", auto, or a list of device ids")
@@ -257,6 +256,18 @@ def _check_bootstrap(bootstrap: Mapping[str, Any]) -> None:
         or not (0 < confidence < 1)
     ):
         raise ConfigError(f"bootstrap.confidence={confidence} must lie in (0, 1), e.g. 0.95")
+
+
+def _check_accelerator(trainer: Mapping[str, Any]) -> None:
+    import torch
+
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        cpu = "trainer=ddp_cpu" if trainer.get("strategy") == "ddp" else "trainer=cpu"
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but torch sees no GPU here: use {cpu}, or "
+            "trainer=default (a GPU when there is one, else the CPU)"
+        )
 
 
 def _check_ckpt_path(ckpt_path: Any) -> None:
@@ -352,6 +363,29 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], source: str) -> None:
+    """Refuse to resume with a config that differs from `saved` (the config `source` was trained
+    with) outside `RESUMABLE_KEYS`: ConfigError naming the first difference and what may change."""
+    before, now = _flatten(saved), _flatten(config)
+
+    def resumable(key: str) -> bool:
+        return any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)
+
+    changed = sorted(
+        k
+        for k in set(before) | set(now)
+        if not resumable(k) and _normalised(before.get(k)) != _normalised(now.get(k))
+    )
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise ConfigError(
+            f"ckpt_path: {source} was trained with {key}={before.get(key)!r}, not "
+            f"{now.get(key)!r}{more}: resume with the run's own settings (give only what changes; "
+            f"a resume may change {', '.join(RESUMABLE_KEYS)})"
+        )
+
+
 def check_resumable(
     checkpoint: Mapping[str, Any], config: Mapping[str, Any], split_fingerprint: str
 ) -> None:
@@ -363,25 +397,8 @@ def check_resumable(
             "ckpt_path: the checkpoint was trained on other membership splits than this run's "
             "splits.npz: resume it in its own run directory (hydra.run.dir=<that run>)"
         )
-    saved = _flatten(checkpoint["hyper_parameters"].get("config", {}))
-    now = _flatten(config)
-
-    def resumable(key: str) -> bool:
-        return any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)
-
-    changed = sorted(
-        k
-        for k in set(saved) | set(now)
-        if not resumable(k) and _normalised(saved.get(k)) != _normalised(now.get(k))
-    )
-    if changed:
-        key = changed[0]
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise ConfigError(
-            f"ckpt_path: the run was trained with {key}={saved.get(key)!r}, not "
-            f"{now.get(key)!r}{more}: resume with the run's own settings (only "
-            "trainer.max_epochs, mint.head_max_epochs, paths and loggers may change)"
-        )
+    saved = checkpoint["hyper_parameters"].get("config", {})
+    check_same_experiment(saved, config, "the run")
 
 
 def _normalised(value: Any) -> Any:

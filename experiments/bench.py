@@ -20,7 +20,8 @@ load from other processes hits both sides of a pair alike):
     /proc/self/clear_refs, so each run gets its own peak) and, on a GPU, CUDA max allocated.
 Scaling: time and memory against the number of training samples and the number of taps.
 
-It writes `<out>/bench-<machine>.json` and `<out>/bench-<machine>.md`.
+It writes `<out>/bench-<machine>.json` and `<out>/bench-<machine>.md`: --out, by default
+experiments/results/, and with --quick a scratch folder in the system's temporary directory.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import platform
 import re
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -70,6 +72,8 @@ from amint_pl.training.losses import LossWeighting
 from amint_pl.training.module import AMINTModule, role_positions
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# --quick's figures are no measurement: they go to a scratch folder unless --out says otherwise.
+SCRATCH = Path(tempfile.gettempdir()) / "amint_pl-bench"
 EXTERNAL = ROLE_CODES["external"]
 NUM_CLASSES, IMAGE_SIZE, CHANNELS = 10, 32, 3
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -933,7 +937,11 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument(
         "--machine", default="", help="names the result files (default: cpu<cores> or the GPU)"
     )
-    p.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help=f"folder of the result files (default: {RESULTS}; with --quick {SCRATCH})",
+    )
     args = p.parse_args(argv)
     settings = Settings(
         device=args.device,
@@ -944,7 +952,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         on_device=args.on_device,
         threads=args.threads,
         machine=args.machine,
-        out=args.out,
+        out=args.out or (SCRATCH if args.quick else RESULTS),
     )
     if args.device == "cuda":  # a GPU: bigger batches and more steps than 2 CPU cores can take
         settings.batch_size, settings.steps, settings.warmup = 256, 60, 10

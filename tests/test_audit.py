@@ -14,6 +14,9 @@ from amint_pl.data.splits import MembershipSplits
 from tests.conftest import run_module
 from tests.shared_runs import general_run, three_epoch_run
 
+# Each test starts the entry points as processes: the full suite only (make test).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

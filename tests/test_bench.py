@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +51,7 @@ def _ratio(value):
     return value
 
 
+@pytest.mark.slow
 def test_quick_bench_reports_every_ratio(quick_bench):
     _, results = quick_bench
     model = results["models"]["small_cnn"]
@@ -63,6 +65,7 @@ def test_quick_bench_reports_every_ratio(quick_bench):
     assert results["pipeline"]["target"] == 3.0
 
 
+@pytest.mark.slow
 def test_lightning_and_raw_loop_do_identical_work(quick_bench):
     # Same weights, batches and loss: the last losses of both sides agree.
     _, results = quick_bench
@@ -70,6 +73,7 @@ def test_lightning_and_raw_loop_do_identical_work(quick_bench):
     assert check["same_work"] and check["last_loss_rel_diff"] < 1e-3
 
 
+@pytest.mark.slow
 def test_quick_bench_records_memory_scaling_and_the_machine(quick_bench):
     out, results = quick_bench
     lightning = results["models"]["small_cnn"]["lightning_vs_raw"]["lightning"]
@@ -114,3 +118,11 @@ def test_an_unknown_compile_mode_names_the_choices():
     assert compile_mode(False) is None and compile_mode(True) == "default"
     with pytest.raises(ConfigError, match=r"model.compile='fastest' is unknown: use false, true"):
         compile_mode("fastest")
+
+
+def test_quick_figures_go_to_a_scratch_folder_unless_told():
+    """--quick never overwrites the measured experiments/results/bench-<machine>.*."""
+    assert bench.parse_args([]).out == bench.RESULTS
+    assert bench.parse_args(["--quick"]).out == bench.SCRATCH
+    assert not bench.SCRATCH.is_relative_to(REPO)
+    assert bench.parse_args(["--quick", "--out", "x"]).out == Path("x")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import read_results, run_dirs, run_into
 from tests.test_benchmarks import (
     truncate,
@@ -19,6 +21,9 @@ from tests.test_benchmarks import (
     write_svhn,
     write_tiny_imagenet,
 )
+
+# Each test starts the entry points as processes: the full suite only (make test).
+pytestmark = pytest.mark.slow
 
 # Roles that fit >= 80 train and >= 18 test images; one epoch.
 TINY_RUN = (

@@ -133,6 +133,7 @@ def test_memory_settings_are_checked():
             memory_from_config(bad, (1, 28, 28), 10)
 
 
+@pytest.mark.slow
 def test_the_general_preset_runs_and_audits_on_a_tiny_budget(tmp_path_factory, tmp_path):
     run_dir, results = general_run(tmp_path_factory.getbasetemp())
     assert results["status"] == "completed"

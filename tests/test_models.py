@@ -103,6 +103,9 @@ EXPECTED_TAPS = {
     },
 }
 MODELS = sorted(EXPECTED_TAPS)
+# Seconds a forward and backward pass each on a CPU: the full suite only (make test).
+LARGE = {"densenet121", "resnet50", "resnet101", "vgg16", "vit_small", "xception"}
+MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m in LARGE else m for m in MODELS]
 
 
 def compose_run(*overrides: str):
@@ -138,7 +141,7 @@ def test_every_model_config_is_tested():
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_logits_and_taps_have_the_documented_shapes(name: str, size: int):
     torch.manual_seed(0)
     model_cfg = model_config(name)
@@ -160,7 +163,7 @@ DOC_LINE = re.compile(r"^#\s+(entry|middle|output)\s+->\s+(\d+)\s+(\S+)\s+\(([\d
 SMALL_STEM_LINE = re.compile(r"^# With small_stem: true: (.*)$", re.M)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_yaml_documents_the_32x32_taps(name: str):
     """Each conf/model yaml's comment names the stage, module and 32x32 shape of every preset."""
     text = (CONF / "model" / f"{name}.yaml").read_text()
@@ -226,7 +229,7 @@ def active_step(backbone: Backbone, head: nn.Module, size: int = 32, in_chans: i
     return dict(zip(tapped, mint_grads, strict=True))
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MODEL_PARAMS)
 def test_active_step_reaches_head_and_tapped_stages(name: str):
     """entry + middle + output tapped at once: every parameter gets a gradient, and the MINT
     loss alone reaches every parameter of the tapped stages and moves the stem (stages that

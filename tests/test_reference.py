@@ -143,6 +143,7 @@ def first_run(tmp_path_factory):
     return tmp_path, proc, run_dir
 
 
+@pytest.mark.slow
 def test_tiny_run_scores_rmia_in_every_report_and_beats_the_loss_attack(first_run):
     _, proc, run_dir = first_run
     results = read_results(run_dir)
@@ -171,6 +172,7 @@ def test_tiny_run_scores_rmia_in_every_report_and_beats_the_loss_attack(first_ru
     assert "RMIA (Zarifzadeh)" in proc.stdout  # the printed table
 
 
+@pytest.mark.slow
 def test_without_room_for_a_population_e_stands_in_and_says_so(tmp_path):
     proc, run_dir = _run(
         tmp_path,
@@ -190,6 +192,7 @@ def test_without_room_for_a_population_e_stands_in_and_says_so(tmp_path):
     assert len(warning) == 1 and "MINT negatives" in warning[0]
 
 
+@pytest.mark.slow
 def test_cached_reference_models_are_reused(first_run):
     tmp_path, _, first_dir = first_run
     cache = first_dir / "reference_models"
@@ -204,6 +207,7 @@ def test_cached_reference_models_are_reused(first_run):
     assert not (run_dir / "reference_models").exists()
 
 
+@pytest.mark.slow
 def test_reference_models_of_other_data_are_refused(first_run):
     tmp_path, _, first_dir = first_run
     cache = first_dir / "reference_models"
@@ -218,6 +222,7 @@ def test_reference_models_of_other_data_are_refused(first_run):
     assert results["status"] == "failed" and "CheckpointError" in results["error"]
 
 
+@pytest.mark.slow
 def test_bad_attack_setting_stops_before_training(tmp_path):
     proc, run_dir = _run(tmp_path, "bad", *REFERENCE, "attack.gamma=0")
     assert proc.returncode == 2

@@ -16,6 +16,8 @@ import time
 import pytest
 import torch
 
+from amint_pl.run import PAUSE_ENV
+from amint_pl.validation import RESUMABLE_KEYS
 from tests.conftest import REPO, read_results, run_module
 from tests.shared_runs import DETERMINISTIC, three_epoch_run, train
 
@@ -59,6 +61,7 @@ def uninterrupted(tmp_path_factory):
     return three_epoch_run(tmp_path_factory.getbasetemp())
 
 
+@pytest.mark.slow
 def test_a_run_writes_only_inside_its_run_directory_and_data_folder(uninterrupted):
     _, results, outside = uninterrupted
     assert results["status"] == "completed"
@@ -66,6 +69,7 @@ def test_a_run_writes_only_inside_its_run_directory_and_data_folder(uninterrupte
     assert outside == ["cwd"]
 
 
+@pytest.mark.slow
 def test_same_seed_same_results(uninterrupted):
     root, results, _ = uninterrupted
     again = train(root, root / "again", "trainer.max_epochs=3")
@@ -75,42 +79,74 @@ def test_same_seed_same_results(uninterrupted):
     ).read_bytes()
 
 
+def resume(run_dir, *changes):
+    """`python -m amint_pl.run hydra.run.dir=<run> ckpt_path=last <changes>`, as the README and
+    results.json's resume_with say: the run's own config comes back by itself."""
+    proc = run_module("amint_pl.run", f"hydra.run.dir={run_dir}", "ckpt_path=last", *changes)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_results(run_dir)
+
+
+def epoch_of(checkpoint):
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
+
+
+@pytest.mark.slow
 def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted):
     root, results, _ = uninterrupted
     run_dir = root / "stopped"
-    stopped = train(root, run_dir, "trainer.max_epochs=1")  # stopped after its first epoch
-    assert stopped["epochs_trained"] == 1
-    resumed = train(root, run_dir, "trainer.max_epochs=3", "ckpt_path=last")
+    stopped = train(root, run_dir, "trainer.max_epochs=2")  # stopped after its second epoch
+    assert stopped["epochs_trained"] == 2
+    # Its best epoch is not its last: last.ckpt holds the last one all the same.
+    folder = run_dir / "checkpoints" / "joint"
+    assert [p.name for p in folder.glob("best-*.ckpt")] == ["best-epoch=000.ckpt"]
+    assert epoch_of(folder / "last.ckpt") == 1
+    resumed = resume(run_dir, "trainer.max_epochs=3")  # only what changes is typed
     assert_same(results, resumed)
+    assert resumed["config_digest"] == results["config_digest"]  # the run's own config
+    assert logged_epochs(run_dir) == {"2"}  # no epoch trained twice
     # Nothing of the first attempt is lost: its results and config are kept beside the new ones.
     assert read_results(run_dir / "attempts" / "1") == stopped
     (resumed_cfg,) = (run_dir / ".hydra").glob("resumed-*/config.yaml")
-    assert "max_epochs: 1" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "max_epochs: 2" in (run_dir / ".hydra" / "config.yaml").read_text()
     assert "max_epochs: 3" in resumed_cfg.read_text()
-    assert logged_epochs(run_dir / "attempts" / "1") == {"0"}  # Lightning would delete these
-    assert logged_epochs(run_dir) == {"1", "2"}
+    assert logged_epochs(run_dir / "attempts" / "1") == {"0", "1"}  # Lightning would delete these
 
 
-def test_resume_refuses_a_changed_config_and_leaves_the_run_alone(uninterrupted):
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "trained_with"),
+    [
+        ("mint.w_mint=0.5", "mint.w_mint=1.0, not 0.5"),
+        ("trainer.deterministic=false", "trainer.deterministic=True, not False"),
+    ],
+)
+def test_resume_refuses_a_changed_config_and_leaves_the_run_alone(
+    uninterrupted, change, trained_with
+):
     root, _, _ = uninterrupted
     run_dir = root / "full"
-    before = (run_dir / "results.json").read_text()
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    results = (run_dir / "results.json").read_text()
     proc = run_module(
-        "amint_pl.run",
-        *RUN,
-        f"hydra.run.dir={run_dir}",
-        f"paths.data_dir={root / 'data'}",
-        "trainer.max_epochs=3",
-        "ckpt_path=last",
-        "mint.w_mint=0.5",
+        "amint_pl.run", f"hydra.run.dir={run_dir}", "trainer.max_epochs=4", "ckpt_path=last", change
     )
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ckpt_path: the run was trained with mint.w_mint=1.0, not 0.5")
-    assert (run_dir / "results.json").read_text() == before
-    assert not (run_dir / "attempts").exists()
+    assert line.startswith(f"error: ckpt_path: the run was trained with {trained_with}")
+    # The error lists what a resume may change, from the one list the check uses.
+    assert line.endswith(f"a resume may change {', '.join(RESUMABLE_KEYS)})")
+    assert (run_dir / "results.json").read_text() == results
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
+def test_readme_lists_the_keys_a_resume_may_change():
+    readme = " ".join((REPO / "README.md").read_text().split())
+    listed = ", ".join(f"`{key}`" for key in RESUMABLE_KEYS)
+    assert f"Only {listed} may change" in readme
+
+
+@pytest.mark.slow
 def test_a_killed_run_keeps_its_checkpoint_says_failed_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "joint" / "last.ckpt"
@@ -146,16 +182,64 @@ def test_a_killed_run_keeps_its_checkpoint_says_failed_and_resumes(tmp_path):
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)  # complete and loadable
     reached = checkpoint["epoch"]
 
+    assert results["stage"] == "training" and results["phase"] == "joint"
+
     # Resumed (here to end right after the epoch it had finished), it completes.
-    resumed = train(
-        tmp_path,
-        run_dir,
-        f"trainer.max_epochs={reached + 1}",
-        "early_stopping_patience=1000",
-        "ckpt_path=last",
-    )
+    resumed = resume(run_dir, f"trainer.max_epochs={reached + 1}")
     assert resumed["status"] == "completed" and resumed["epochs_trained"] == reached + 1
     assert read_results(run_dir / "attempts" / "1")["status"] == "failed"
+
+
+def stop_at(stage, run_dir, *overrides):
+    """Start `python -m amint_pl.run` paused at the start of a stage (AMINT_PAUSE_AT_STAGE), send
+    it SIGTERM there, and return its results.json."""
+    log_path = run_dir.with_name(f"{run_dir.name}.log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "amint_pl.run", f"hydra.run.dir={run_dir}", *overrides],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **{PAUSE_ENV: stage}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 600
+        while f"paused at stage {stage}" not in log_path.read_text():
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=300) == 1
+    return read_results(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("stage", "resumed"),
+    # Stopped while splitting, a run resumes as one stopped while caching: no splits.npz yet.
+    [
+        ("caching", True),
+        ("splitting", False),
+        ("training", True),
+        ("evaluating", True),
+        ("reporting", True),
+    ],
+)
+def test_a_run_stopped_at_any_stage_says_where_and_resumes_to_the_same_results(
+    uninterrupted, tmp_path, stage, resumed
+):
+    root, results, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    stopped = stop_at(
+        stage, run_dir, *RUN, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=3"
+    )
+    assert stopped["status"] == "failed" and stopped["stage"] == stage
+    assert stopped["error"] == "SIGTERMException: interrupted"
+    assert stopped["resume_with"] == f"hydra.run.dir={run_dir} ckpt_path=last"
+    if resumed:
+        # The command results.json gives, as it is: the run ends as if it had never stopped.
+        proc = run_module("amint_pl.run", *stopped["resume_with"].split())
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert_same(results, read_results(run_dir))
 
 
 @pytest.mark.slow
@@ -164,16 +248,16 @@ def test_passive_run_resumes_in_either_phase(tmp_path):
     resumed: both end alike. Stopped in phase 1, phase 1 is resumed and phase 2 trains whole;
     stopped in phase 2, phase 1 ran whole and phase 2 is resumed: equal results mean each resumed
     phase equals its uninterrupted self."""
-    passive = ("mint=passive", "trainer.max_epochs=2", "mint.head_max_epochs=2")
+    longer = ("trainer.max_epochs=2", "mint.head_max_epochs=2")
     in_phase_1 = tmp_path / "phase1"
     train(tmp_path, in_phase_1, "mint=passive", "trainer.max_epochs=1", "mint.head_max_epochs=1")
-    resumed_1 = train(tmp_path, in_phase_1, *passive, "ckpt_path=last")
+    resumed_1 = resume(in_phase_1, *longer)  # mint=passive comes back with the run's config
     # The head trained on the 1-epoch audited model is superseded, and kept.
     assert (in_phase_1 / "checkpoints" / "mint_head.superseded-1" / "last.ckpt").is_file()
 
     in_phase_2 = tmp_path / "phase2"
     train(tmp_path, in_phase_2, "mint=passive", "trainer.max_epochs=2", "mint.head_max_epochs=1")
-    resumed_2 = train(tmp_path, in_phase_2, *passive, "ckpt_path=last")
+    resumed_2 = resume(in_phase_2, *longer)
     assert_same(resumed_1, resumed_2)
     assert resumed_2["epochs_trained"] == 2
 

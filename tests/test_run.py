@@ -7,6 +7,9 @@ import pytest
 
 from tests.conftest import TINY, read_results
 
+# Each test starts the entry points as processes: the full suite only (make test).
+pytestmark = pytest.mark.slow
+
 RUN_FILES = (
     "results.json",
     "scores.csv",

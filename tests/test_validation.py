@@ -4,9 +4,11 @@ exit code 2, before any data is decoded or any step trained; an existing run is 
 import re
 
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 
 from amint_pl.errors import AmintError
+from amint_pl.run import with_timm_config
 from amint_pl.validation import validate_config
 from tests.conftest import TINY, read_results, run_dirs, run_module
 
@@ -58,7 +60,9 @@ REFUSED = [
     ("mint.memory.bands=-1", "mint.memory.bands=-1: use a whole number >= 1, or 0 (no memory)"),
     ("+mint.memory.size=3", "mint.memory.size is no memory setting"),
     ("mint.head.output_features=[memory]", "has 'memory' but the model has no membership memory"),
+    ("seed=abc", "seed=abc must be an integer"),
 ]
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
 
 
 def _compose(*overrides):
@@ -72,11 +76,34 @@ def test_validate_config_names_the_fix(override, message):
         validate_config(_compose(NO_DATA, override))
 
 
+@NO_GPU
+@pytest.mark.parametrize(
+    ("override", "fix"),
+    [("trainer=gpu", "use trainer=cpu"), ("trainer=ddp", "use trainer=ddp_cpu")],
+)
+def test_a_gpu_trainer_without_a_gpu_names_the_cpu_one(override, fix):
+    with pytest.raises(AmintError, match=f"torch sees no GPU here: {fix}"):
+        validate_config(_compose(NO_DATA, override))
+
+
+def test_model_name_alone_selects_the_timm_config():
+    """The default model config carries small_cnn's own arguments: a timm name alone gets
+    conf/model/timm.yaml, and builds."""
+    overrides = with_timm_config(["model.name=convnext_atto", "dataset.image_size=32"])
+    cfg = _compose(NO_DATA, *overrides)
+    assert cfg.model.name == "convnext_atto" and cfg.model.kwargs == {}
+    validate_config(cfg)
+    # A model config or an experiment chosen with it is kept.
+    for given in (["model=resnet18", "model.name=resnet34"], ["experiment=x", "model.name=y"]):
+        assert with_timm_config(given) == given
+
+
 @pytest.mark.parametrize("option", ["small_cnn", "resnet18", "vit_tiny", "mobilenetv3_small"])
 def test_shipped_models_pass(option):
     validate_config(_compose(NO_DATA, f"model={option}", "mint=passive"))
 
 
+@pytest.mark.slow
 def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
     proc = _run(tmp_path, "dataset.augmnt=flip_crop")
     _one_line_error(proc, "Could not override 'dataset.augmnt'. Key 'augmnt' is not in struct")
@@ -84,12 +111,15 @@ def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ((NO_DATA, "mint.taps=[7]"), "index 7 is out of range; this model has stages 0..2"),
         # Split sizes need the pool sizes: digits loads in a blink, then build_splits refuses.
         (("dataset.splits.members=5000",), "exceeds the train pool (1258): lower them"),
+        ((NO_DATA, "seed=abc"), "seed=abc must be an integer"),
+        pytest.param((NO_DATA, "trainer=gpu"), "torch sees no GPU here", marks=NO_GPU),
     ],
 )
 def test_the_entry_point_stops_before_data_or_training(tmp_path, overrides, message):
@@ -100,8 +130,11 @@ def test_the_entry_point_stops_before_data_or_training(tmp_path, overrides, mess
     assert not (tmp_path / "data").exists()  # nothing decoded or cached
     results = read_results(run_dir)  # a sweep still sees why this job failed
     assert results["status"] == "failed" and message in results["error"]
+    # A setting to fix: no resume command, a new run.
+    assert results["stage"] in ("validating", "splitting") and "resume_with" not in results
 
 
+@pytest.mark.slow
 def test_an_existing_run_directory_is_never_overwritten(tmp_path):
     run_dir = tmp_path / "earlier"
     run_dir.mkdir()
@@ -111,6 +144,7 @@ def test_an_existing_run_directory_is_never_overwritten(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run_dir", [None, "empty"])
 def test_resume_needs_the_run_directory(tmp_path, run_dir):
     extra = [f"hydra.run.dir={tmp_path / run_dir}"] if run_dir else []

@@ -5,9 +5,14 @@ protocols and every method, the ROC / histogram images and the per-method table.
 import json
 import struct
 
+import pytest
 from wandb.proto import wandb_internal_pb2
 
+from amint_pl.aggregate import aggregate
 from tests.conftest import TINY, read_results, run_dirs
+
+# Each test starts the entry points as processes: the full suite only (make test).
+pytestmark = pytest.mark.slow
 
 # A .wandb file: the header ":W&B" + magic + version, then records in 32 KiB blocks, each record
 # as [crc32 (4), length (2), type (1)] + bytes; type 1 = a whole record, 2/3/4 = first/middle/last.
@@ -60,22 +65,29 @@ def read_offline_run(run_dir):
 
 
 def test_wandb_offline_sweep_runs_hold_group_config_summary_images_and_table(tmp_path, run_amint):
-    proc, _ = run_amint(*TINY, "logger=[wandb,tensorboard]", "mint=active,passive", "seed=5", "-m")
+    proc, _ = run_amint(
+        *TINY, "logger=[wandb,tensorboard]", "mint=active_general,passive", "seed=5", "-m"
+    )
     jobs = sorted(run_dirs(tmp_path / "runs"), key=lambda d: int(d.name))
     assert len(jobs) == 2
     groups, run_ids = set(), set()
-    for job, mode in zip(jobs, ("active", "passive"), strict=True):
+    presets = {"active_general": "active", "passive": "passive"}  # preset -> its mint.mode
+    for job, (preset, mode) in zip(jobs, presets.items(), strict=True):
         results = read_results(job)
         assert results["status"] == "completed"
+        # The preset, not only its mode, names the run everywhere.
+        assert results["mint_mode"] == preset and results["choices"]["mint"] == preset
         run, config, summary, offline, exit_code = read_offline_run(job)
         assert exit_code == 0  # wandb.finish() at the end of each job
         groups.add(run.run_group)
         run_ids.add(run.run_id)
-        assert set(run.tags) == {"digits", "small_cnn", f"mint_{mode}", "taps_entry"}
-        assert run.job_type == mode
+        assert set(run.tags) == {"digits", "small_cnn", f"mint_{preset}", "taps_entry"}
+        assert run.job_type == preset
+        assert run.display_name == f"digits-small_cnn-{preset}-taps_entry-seed5"
         # The whole resolved config, and the Hydra choices behind it.
         assert config["mint"]["mode"] == mode and config["seed"] == 5
-        assert config["choices"]["mint"] == mode
+        assert config["choices"]["mint"] == preset
+        assert f"aMINT {preset} | digits" in proc.stdout  # the table's title
         # Summary: every method of both protocols, the numbers of results.json.
         for protocol, methods in results["membership"].items():
             for method, m in methods.items():
@@ -97,3 +109,7 @@ def test_wandb_offline_sweep_runs_hold_group_config_summary_images_and_table(tmp
     assert len(run_ids) == 2  # one W&B run per job
     (group,) = groups  # one group: the sweep
     assert group == "_".join(jobs[0].parent.parts[-2:])
+    # The aggregate table tells the presets apart.
+    rows = aggregate([jobs[0].parent], None)
+    assert {r["mint_mode"] for r in rows} == set(presets)
+    assert {"mint_active_general", "passive_mint"} <= {r["method"] for r in rows}
