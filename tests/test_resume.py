@@ -93,9 +93,13 @@ def epoch_of(checkpoint):
 
 @pytest.mark.slow
 def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted):
-    root, results, _ = uninterrupted
+    root, _, _ = uninterrupted
+    # Model selection on the lowest calibration AUC makes the first epoch the best: the run's
+    # best checkpoint is then not its last, whatever the training does.
+    worst_first = "mint.monitor_mode=min"
+    results = train(root, root / "whole", "trainer.max_epochs=3", worst_first)
     run_dir = root / "stopped"
-    stopped = train(root, run_dir, "trainer.max_epochs=2")  # stopped after its second epoch
+    stopped = train(root, run_dir, "trainer.max_epochs=2", worst_first)  # stopped after epoch 2
     assert stopped["epochs_trained"] == 2
     # Its best epoch is not its last: last.ckpt holds the last one all the same.
     folder = run_dir / "checkpoints" / "joint"
