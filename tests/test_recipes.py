@@ -19,9 +19,10 @@ from hydra import compose, initialize_config_module
 from amint_pl.models.backbones import backbone_from_config
 from tests.conftest import read_results, run_module
 
-# MobileNet (the paper's) on scikit-learn's digits resized to 28x28, MNIST's size: timm's own
-# classifier init gave test accuracy ~0.6 here; the same batches every epoch let the network
-# learn its batches' statistics, not the classes (eval-mode member accuracy far below train-mode).
+# MobileNet (the paper's) on scikit-learn's digits resized to 28x28, MNIST's size, at the run
+# default lr 1e-3: test accuracy 0.82 (timm's own classifier init gave 0.59); the same batches
+# every epoch let the network fit its batches' statistics, not the classes (eval-mode member
+# accuracy far below train-mode).
 MOBILENET_DIGITS = (
     "model=mobilenet",
     "dataset=digits",
