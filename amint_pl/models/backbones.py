@@ -15,6 +15,9 @@ Small images, set from the model config:
   4096-wide one (119M parameters, whatever the input size).
 - 2x2 stride-2 pools round up (`ceil_mode`), so odd maps (28x28 inputs) keep their last row
   instead of vanishing; even sizes are unchanged.
+
+From scratch at a few classes: the EfficientNet/MobileNet family's classifier starts as timm's
+other CNNs do (`small_initial_logits`), not with logits of std ~4.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "create_network",
     "resolve_patch_size",
     "resolve_taps",
+    "small_initial_logits",
     "use_small_stem",
     "vit_amint",
 ]
@@ -273,6 +277,22 @@ def use_small_stem(network: nn.Module) -> None:
         )
 
 
+def small_initial_logits(network: nn.Module) -> None:
+    """Give an EfficientNet/MobileNet classifier PyTorch's default Linear init, in place.
+
+    timm draws their classifier from U(+-1/sqrt(num_classes)), sized for 1000 classes: at 10 the
+    initial logits have std ~4 and the cross-entropy starts near 7, not ln 10; from scratch the
+    network then memorises its members before it generalises (experiments/reproduction/README.md).
+    U(+-1/sqrt(num_features)) is what timm's ResNet, DenseNet and Xception classifiers get.
+    """
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+
+    classifier = getattr(network, "classifier", None)
+    if isinstance(network, EfficientNet | MobileNetV3) and isinstance(classifier, nn.Linear):
+        classifier.reset_parameters()
+
+
 def use_compact_vgg_classifier(network: nn.Module, width: int) -> None:
     """Replace a timm VGG's 7x7, 4096-wide pre-logits block by 1x1 convs of `width` channels."""
     from timm.layers import ClassifierHead
@@ -396,6 +416,7 @@ def create_network(
             f"{img_size}x{img_size}: set model.patch_size=auto (or an integer)"
         )
     ceil_halving_pools(network)
+    small_initial_logits(network)
     if small_stem:
         use_small_stem(network)
     if classifier_width is not None:

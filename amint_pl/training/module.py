@@ -306,15 +306,16 @@ class AMINTModule(L.LightningModule):
         if self.phase == "joint":
             # ONE forward over members and external samples together: BatchNorm sees both.
             logits, taps, memory = self.audited(inputs, batch.get("memory_inputs"))
-            ce = F.cross_entropy(logits.index_select(0, members), labels.index_select(0, members))
+            member_logits = logits.index_select(0, members)
+            ce = F.cross_entropy(member_logits, labels.index_select(0, members))
             mint_logits = self.mint_head(taps, logits, labels, memory)
             bce = self._mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "audited":
             memory_inputs = batch.get("memory_inputs")
             if memory_inputs is not None:
                 memory_inputs = memory_inputs.index_select(0, members)
-            logits, _, _ = self.audited(inputs.index_select(0, members), memory_inputs)
-            ce = F.cross_entropy(logits, labels.index_select(0, members))
+            member_logits, _, _ = self.audited(inputs.index_select(0, members), memory_inputs)
+            ce = F.cross_entropy(member_logits, labels.index_select(0, members))
         else:  # mint_head: the frozen backbone's detached taps
             with torch.no_grad():
                 logits, taps, memory = self.audited(inputs)
@@ -327,6 +328,16 @@ class AMINTModule(L.LightningModule):
         self.log(f"{prefix}train/loss", loss, prog_bar=True)
         if ce is not None:
             self.log("train/ce", ce)
+            # The members' accuracy as training sees them (BatchNorm on batch statistics), beside
+            # the evaluated one (running statistics): apart, they flag a recipe that does not train.
+            hits = member_logits.detach().argmax(1) == labels.index_select(0, members)
+            self.log(
+                "train/aud_acc",
+                hits.float().mean(),
+                on_step=False,
+                on_epoch=True,
+                batch_size=len(hits),
+            )
         if bce is not None:
             self.log(f"{prefix}train/bce", bce)
         return loss
