@@ -68,11 +68,20 @@ def _assert_two_real_ranks(distributed, members=MEMBERS):
 
 @pytest.mark.slow
 def test_two_processes_score_like_one(run_amint):
-    _, one = run_amint(*TINY, *NO_BATCHNORM, "trainer=cpu", "batch_size=32")
-    _, two = run_amint(*TINY, *NO_BATCHNORM, "trainer=ddp_cpu", "batch_size=16")
+    # |E| = 2.5 |D|: all of E serves as MINT negatives only over 3 epochs of new batches.
+    longer = ("dataset.splits.external=300", "trainer.max_epochs=3")
+    _, one = run_amint(*TINY, *NO_BATCHNORM, *longer, "trainer=cpu", "batch_size=32")
+    _, two = run_amint(*TINY, *NO_BATCHNORM, *longer, "trainer=ddp_cpu", "batch_size=16")
     single, ddp = read_results(one), read_results(two)
     assert single["distributed"]["process_group_size"] == 1
     _assert_two_real_ranks(ddp["distributed"])
+    for results in (single, ddp):
+        assert results["training"]["members_used"] == MEMBERS
+        assert results["training"]["external_used"] == 300
+        assert results["training"]["epochs"] == {"joint": 3}
+        # Each rank began every epoch with another batch.
+        for rank in results["distributed"]["ranks"]:
+            assert len(set(rank["first_batches"])) == len(rank["first_batches"]) == 3
     # Every sample scored once: the ranks' shards, gathered and de-duplicated, are the whole set.
     assert _scored_keys(one) == _scored_keys(two)
     assert sum(r["scored"] for r in ddp["distributed"]["ranks"]) == len(_scored_keys(two))

@@ -31,16 +31,22 @@ def _check_run_files(run_dir, mode):
     methods = {"loss", "confidence", "entropy", "modified_entropy"} | (
         {"mint"} if mode != "off" else set()
     )
-    for protocol in ("paper", "strict"):
+    sizes = results["split_sizes"]
+    for protocol, role in (("paper", "members_seen"), ("strict", "members_unseen")):
         assert set(results["membership"][protocol]) == methods
         for m in results["membership"][protocol].values():
             assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["balanced_acc_calibrated"] <= 1.0
-            assert m["n_members"] == m["n_nonmembers"] > 0
+            # Every member of the role but its calibration slice, every test non-member.
+            assert m["n_members"] == sizes[role] - sizes[f"{role}_calib"]
+            assert m["n_nonmembers"] == sizes["nonmembers_eval"]
+            low, high = m["auc_ci"]
+            assert low <= m["auc"] <= high and m["resamples"] == 1000
     with open(run_dir / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert {f"score_{m}" for m in methods} <= set(rows[0])
     reported = [r for r in rows if r["reported_paper"] == "1"]
-    assert len(reported) == 2 * results["membership"]["paper"]["loss"]["n_members"]
+    paper = results["membership"]["paper"]["loss"]
+    assert len(reported) == paper["n_members"] + paper["n_nonmembers"]
     assert all(math.isfinite(float(r["score_loss"])) for r in rows)
     return results
 
