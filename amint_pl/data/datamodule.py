@@ -200,13 +200,12 @@ class BalancedBatchSampler(Sampler[list[int]]):
             self.history[epoch] += 1
             yield batch
 
-    def positions_used(self, history: dict[int, int] | None = None) -> np.ndarray:
-        """Every catalogue position that the batches in `history` ({epoch: batches yielded},
-        default: this sampler's) held, over all ranks, sorted."""
-        history = self.history if history is None else history
+    def positions_used(self) -> np.ndarray:
+        """Every catalogue position that the batches of `history` ({epoch: batches yielded})
+        held, over all ranks, sorted."""
         used = [
             np.asarray(batch)
-            for epoch, n_batches in history.items()
+            for epoch, n_batches in self.history.items()
             for rank in range(self.sampler.world_size)
             for batch in itertools.islice(self.batches(epoch, rank), n_batches)
         ]
