@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from amint_pl.errors import AmintError, ConfigError
 from amint_pl.loggers import mint_label, run_choices
-from amint_pl.status import RunStatus
+from amint_pl.status import PROGRESS_INTERVAL_S, RunStatus
 
 # The run's story: Hydra's job logging sends it to the console and to <run dir>/run.log.
 log = logging.getLogger("amint_pl.run")
@@ -450,7 +450,9 @@ def _trainer(
         last,
         EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping_patience)),
         ProgressReport(
-            label or phase, float(OmegaConf.select(cfg, "progress.interval_s", default=30)), _status
+            label or phase,
+            float(OmegaConf.select(cfg, "progress.interval_s", default=PROGRESS_INTERVAL_S)),
+            _status,
         ),
         *(extra_callbacks or []),
     ]
@@ -533,9 +535,9 @@ def _set_aside_checkpoints(output_dir: Path, phases: tuple[str, ...]) -> None:
 
 class _NotProgress(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        from amint_pl.training.progress import LOGGER_NAME
+        from amint_pl.status import PROGRESS_LOGGER
 
-        return not record.name.startswith(LOGGER_NAME)
+        return not record.name.startswith(PROGRESS_LOGGER)
 
 
 def _progress_off_terminal() -> None:

@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Any
 
 STATUS_FILE = "status.json"
+# The logger of progress lines (training epochs, decoding data): run.log, and the console off a
+# terminal.
+PROGRESS_LOGGER = "amint_pl.progress"
+# Seconds between progress lines within a long step (the run config's progress.interval_s).
+PROGRESS_INTERVAL_S = 30.0
 # A running run rewrites its status at least once an epoch: one silent this long has likely died.
 STALE_AFTER_S = 600.0
 

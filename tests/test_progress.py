@@ -1,7 +1,9 @@
 """Where a run is, wherever it runs: plain progress lines when stdout is a file, the run's story in
 run.log, status.json while it runs and once it stopped, and running jobs in the aggregate."""
 
+import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -13,8 +15,9 @@ import time
 import pytest
 
 from amint_pl.aggregate import aggregate, markdown
+from amint_pl.data.cache import PROGRESS_MIN_IMAGES, progress_bar
 from amint_pl.run import PAUSE_ENV
-from amint_pl.status import STALE_AFTER_S, STATUS_FILE
+from amint_pl.status import PROGRESS_LOGGER, STALE_AFTER_S, STATUS_FILE
 from tests.conftest import REPO, TINY, read_results
 
 EPOCHS = 3
@@ -138,3 +141,18 @@ def test_a_run_stopped_mid_way_leaves_status_json_saying_where_and_the_aggregate
     (killed / STATUS_FILE).write_text(json.dumps(running))
     rows = {r["run_dir"].rsplit("/", 1)[-1]: r for r in aggregate([sweep], None)}
     assert rows["1"]["status"] == "stale" and f"pid {proc.pid}" in rows["1"]["error"]
+
+
+def test_decoding_off_a_terminal_says_how_far_it_is(monkeypatch, caplog):
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # as `2> file`: no terminal for Rich
+    caplog.set_level(logging.INFO, logger=PROGRESS_LOGGER)
+    n = PROGRESS_MIN_IMAGES
+    with progress_bar(n, "decoding train") as advance:
+        for _ in range(4):
+            advance(n // 4)
+    lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS_LOGGER]
+    assert lines[0] == f"decoding train: {n} images"
+    assert re.match(
+        rf"decoding train: {n}/{n} images \| \d+ images/s \| elapsed \S+ ETA 0s", lines[-1]
+    )
+    assert sys.stderr.getvalue() == ""  # no bar drawn into the file

@@ -19,10 +19,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from amint_pl.status import RunStatus, duration
+from amint_pl.status import PROGRESS_LOGGER, RunStatus, duration
 
-LOGGER_NAME = "amint_pl.progress"
-log = logging.getLogger(LOGGER_NAME)
+log = logging.getLogger(PROGRESS_LOGGER)
 
 
 def _shown_metrics(metrics: Mapping[str, Any], epoch_end: bool) -> dict[str, float]:
