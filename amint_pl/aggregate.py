@@ -1,7 +1,8 @@
 """`python -m amint_pl.aggregate <sweep dir | run dirs...> [--out DIR]`: one comparison table.
 
 Reads every run below the given directories (its `results.json`; a run directory with `.hydra/`
-and no results.json is an unfinished run) and writes, into --out (default: the one directory
+and no results.json is an unfinished run: `running`, with where it is, when its `status.json` is
+fresh, `stale` when that has not been rewritten for 10 minutes) and writes, into --out (default: the one directory
 given, else the current directory):
 
 - `aggregate.csv`: one row per run and method (data set, model, tap setup, mint mode, method) with
