@@ -1,7 +1,8 @@
 """`python -m amint_pl.aggregate <sweep dir | run dirs...> [--out DIR]`: one comparison table.
 
 Reads every run below the given directories (its `results.json`; a run directory with `.hydra/`
-and no results.json is an unfinished run) and writes, into --out (default: the one directory
+and no results.json is an unfinished run: `running`, with where it is, when its `status.json` is
+fresh, `stale` when that has not been rewritten for 10 minutes) and writes, into --out (default: the one directory
 given, else the current directory):
 
 - `aggregate.csv`: one row per run and method (data set, model, tap setup, mint mode, method) with
@@ -77,6 +78,7 @@ COLUMNS = (
     "recipe",
     "run_dir",
     "error",
+    "progress",
 )
 # What the seeds of one recipe are reduced to (mean and standard deviation).
 SEED_METRICS = ("mint_acc", "acc_at_0.5", "auc", "tpr_at_1%_fpr", "strict_auc", "aud_acc")
@@ -90,7 +92,7 @@ SEED_COLUMNS = (
     "paper_aud_acc",
 )
 # Config keys that do not change what a run measures: left out of its recipe.
-NOT_RECIPE = ("seed", "paths", "ckpt_path", "logger", "hydra")
+NOT_RECIPE = ("seed", "paths", "ckpt_path", "logger", "hydra", "progress")
 
 
 def paper_model(name: str) -> str | None:
@@ -241,12 +243,35 @@ def _method_name(method: str, mint_mode: str) -> str:
     return {"active": "amint", "passive": "passive_mint"}.get(mint_mode, f"mint_{mint_mode}")
 
 
+def _progress_of(run_dir: Path) -> dict[str, Any]:
+    """Status and progress of a run without results.json, from its status.json: `running` (with
+    where it is), `stale` (not rewritten for STALE_AFTER_S: likely killed), or `unfinished`."""
+    from amint_pl.status import STALE_AFTER_S, is_stale, read_status, where
+
+    status = read_status(run_dir)
+    if status is None:
+        return {"status": "unfinished", "error": "no results.json"}
+    if is_stale(status):
+        quiet_min = STALE_AFTER_S / 60
+        return {
+            "status": "stale",
+            "error": f"no results.json, status.json not rewritten for {quiet_min:g}+ min "
+            f"(pid {status.get('pid')} on {status.get('host')}): {where(status)}",
+        }
+    state = str(status.get("state", "unfinished"))
+    return {
+        "status": "running" if state == "running" else "unfinished",
+        "progress": where(status),
+        "error": "" if state == "running" else f"no results.json; status.json says {state}",
+    }
+
+
 def rows_of_run(run_dir: Path, figures: PaperFigures) -> list[dict[str, Any]]:
     """The table rows of one run: one per method when it completed, one status row otherwise."""
     path = run_dir / "results.json"
     base: dict[str, Any] = {"run_dir": str(run_dir)}
     if not path.exists():
-        return [{**base, **_config_of(run_dir), "status": "unfinished", "error": "no results.json"}]
+        return [{**base, **_config_of(run_dir), **_progress_of(run_dir)}]
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -468,13 +493,14 @@ def markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     if other:
         text += [
             "",
-            f"## Failed or unfinished runs: {len(other)}",
+            f"## Failed, unfinished or running runs: {len(other)}",
             "",
-            "| status | dataset | model | taps | mint | run directory | error |",
+            "| status | dataset | model | taps | mint | run directory | error or progress |",
             "|---|---|---|---|---|---|---|",
         ]
         for r in other:
-            error = str(r.get("error", "")).replace("|", "\\|").replace("\n", " ")
+            error = str(r.get("error") or r.get("progress") or "")
+            error = error.replace("|", "\\|").replace("\n", " ")
             text.append(
                 f"| {r.get('status', '')} | {r.get('dataset', '')} | {r.get('model', '')} | "
                 f"{_taps_label(r.get('taps', ''))} | {r.get('mint_mode', '')} | {r['run_dir']} | "

@@ -92,6 +92,11 @@ def _wandb_kwargs(cfg: DictConfig, node: DictConfig) -> dict[str, Any]:
         "job_type": label,
     }
     kwargs.update({k: v for k, v in defaults.items() if node.get(k) is None})
+    if node.get("offline") and node.get("settings") is None:
+        import wandb
+
+        # Offline, W&B's closing summary only repeats the results table (and buries it).
+        kwargs["settings"] = wandb.Settings(quiet=True)
     return kwargs
 
 

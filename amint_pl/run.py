@@ -28,6 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from amint_pl.errors import AmintError, ConfigError
 from amint_pl.loggers import mint_label, run_choices
+from amint_pl.status import PROGRESS_INTERVAL_S, RunStatus
+
+# The run's story: Hydra's job logging sends it to the console and to <run dir>/run.log.
+log = logging.getLogger("amint_pl.run")
 
 # Run directories carry this: the process id and a random suffix, fixed for the whole process.
 RUN_UID = f"{os.getpid()}-{secrets.token_hex(2)}"
@@ -197,7 +201,7 @@ def keep_earlier_attempt(output_dir: Path) -> None:
 def config_digest(cfg: DictConfig) -> str:
     """SHA-256 of the resolved experiment config, without paths and resume settings."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("paths", "ckpt_path", "logger"):
+    for key in ("paths", "ckpt_path", "logger", "progress"):
         data.pop(key, None)
     return hashlib.sha256(
         OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True).encode()
@@ -228,10 +232,15 @@ STAGES = ("starting", "validating", "caching", "splitting", "training", "evaluat
 # A developer's hook: with AMINT_PAUSE_AT_STAGE=<stage> a run waits at the start of that stage
 # until a signal ends it (the tests stop runs there, one stage after another).
 PAUSE_ENV = "AMINT_PAUSE_AT_STAGE"
+# The running run's status.json (set by run_experiment; stages and epochs rewrite it).
+_status: RunStatus | None = None
 
 
 def _enter_stage(results: dict[str, Any], stage: str, **where: Any) -> None:
     results.update(stage=stage, **where)
+    if _status is not None:
+        _status.update(stage=stage, **where)  # later stages keep the last phase trained
+    log.info("stage %s%s", stage, f" ({where['phase']})" if where.get("phase") else "")
     if os.environ.get(PAUSE_ENV) == stage and _is_rank_zero():
         print(f"paused at stage {stage} ({PAUSE_ENV})", file=sys.stderr, flush=True)
         while True:
@@ -268,8 +277,14 @@ class _StopOnSigterm:
 
 def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one experiment in the Hydra run directory; return results.json's content."""
+    global _status
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     started = time.time()
+    _status = RunStatus(output_dir, enabled=_is_rank_zero())
+    _progress_off_terminal()
+    logging.captureWarnings(True)  # warnings join the run's story in run.log
+    # One story per run: DDP ranks > 0 (Hydra logs them into the same run.log) tell only problems.
+    logging.getLogger("amint_pl").setLevel(logging.INFO if _is_rank_zero() else logging.WARNING)
     results: dict[str, Any] = {
         "status": "running",
         "run_dir": str(output_dir),
@@ -293,6 +308,15 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
 
             _enter_stage(results, "validating")
             validate_config(cfg)  # before any data is decoded: one line that names the fix
+            log.info(
+                "run %s: %s, seed %s, up to %s epochs, batch size %s, lr %s",
+                output_dir,
+                " ".join(f"{g}={o}" for g, o in results["choices"].items()),
+                cfg.seed,
+                cfg.trainer.max_epochs,
+                cfg.batch_size,
+                cfg.optim.lr,
+            )
 
             # Correct DDP inside a sweep too: this job's ranks only, nothing left for the next job.
             multirun = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -310,6 +334,12 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             )
             if not isinstance(err, AmintError):  # a user's error: fix it and start a new run
                 results["resume_with"] = f"hydra.run.dir={output_dir} ckpt_path=last"
+            log.error(
+                "failed at stage %s: %s%s",
+                results.get("stage"),
+                results["error"],
+                f"; resume with {results['resume_with']}" if "resume_with" in results else "",
+            )
             if isinstance(err, SystemExit) and not err.code:
                 raise SystemExit(1) from err  # SIGTERM (Lightning's SIGTERMException): not 0
             raise
@@ -330,11 +360,22 @@ def _finish(cfg: DictConfig, output_dir: Path, results: dict[str, Any]) -> None:
 
     if _is_rank_zero():
         write_json(output_dir / "results.json", results)
+    if _status is not None:
+        _status.update(
+            state=results["status"],
+            stage=results.get("stage"),  # where a failed run stopped
+            error=results.get("error"),
+            wall_time_s=results["wall_time_s"],
+        )
     if "wandb" in (cfg.get("logger") or {}):
-        import wandb
+        _finish_wandb(exit_code=0 if results["status"] == "completed" else 1)
 
-        if wandb.run is not None:
-            wandb.finish(exit_code=0 if results["status"] == "completed" else 1)
+
+def _finish_wandb(exit_code: int) -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 def _load_splits(cfg: DictConfig, output_dir: Path, n_train: int, n_test: int):
@@ -372,11 +413,17 @@ def _trainer(
     monitor: str,
     loggers: list[Any],
     extra_callbacks: list[Any] | None = None,
+    label: str | None = None,
 ):
+    """The trainer of one phase; `label` names it in progress lines (default: the phase)."""
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from amint_pl.training.progress import ProgressReport
+
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if not sys.stdout.isatty():  # Rich's bar draws only on a terminal: plain lines instead
+        kwargs["enable_progress_bar"] = False
     if phase == "mint_head":
         kwargs["max_epochs"] = int(cfg.mint.head_max_epochs)
     mode = str(cfg.mint.monitor_mode)
@@ -402,6 +449,11 @@ def _trainer(
         best,
         last,
         EarlyStopping(monitor=monitor, mode=mode, patience=int(cfg.early_stopping_patience)),
+        ProgressReport(
+            label or phase,
+            float(OmegaConf.select(cfg, "progress.interval_s", default=PROGRESS_INTERVAL_S)),
+            _status,
+        ),
         *(extra_callbacks or []),
     ]
     return L.Trainer(
@@ -481,6 +533,27 @@ def _set_aside_checkpoints(output_dir: Path, phases: tuple[str, ...]) -> None:
             folder.rename(folder.with_name(f"{phase}.superseded-{n}"))
 
 
+class _NotProgress(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from amint_pl.status import PROGRESS_LOGGER
+
+        return not record.name.startswith(PROGRESS_LOGGER)
+
+
+def _progress_off_terminal() -> None:
+    """On a terminal Rich draws the progress bar: progress lines go to run.log alone there."""
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        on_terminal = not isinstance(handler, logging.FileHandler) and stream is not None
+        if (
+            on_terminal
+            and hasattr(stream, "isatty")
+            and stream.isatty()
+            and not any(isinstance(f, _NotProgress) for f in handler.filters)
+        ):
+            handler.addFilter(_NotProgress())
+
+
 def _quiet_lightning() -> None:
     """Lightning prints through its own handler; stop it printing each line twice under Hydra,
     and drop warnings that our deliberate choices trigger."""
@@ -514,8 +587,8 @@ def _train_and_evaluate(
         membership_results,
         plot_roc,
         plot_score_hist,
-        print_table,
         scored_samples,
+        table_text,
         write_scores_csv,
     )
     from amint_pl.loggers import publish_results
@@ -528,6 +601,13 @@ def _train_and_evaluate(
     benchmark = benchmark_from_config(cfg.dataset)
     _enter_stage(results, "splitting")
     splits = _load_splits(cfg, output_dir, len(benchmark.train), len(benchmark.test))
+    log.info(
+        "data %s: pools train %d, test %d; splits %s",
+        cfg.dataset.name,
+        len(benchmark.train),
+        len(benchmark.test),
+        ", ".join(f"{role} {len(idx)}" for role, idx in splits.indices.items()),
+    )
     if cfg.attack.reference:  # bad settings or a stale cache stop before anything trains
         from amint_pl.evaluation.reference import check_reference_attack
 
@@ -589,7 +669,9 @@ def _train_and_evaluate(
             samples,
             module,
             output_dir,
-            lambda ref_cfg, root: _trainer(ref_cfg, root, "audited", "val/aud_acc", []),
+            lambda ref_cfg, root: _trainer(
+                ref_cfg, root, "audited", "val/aud_acc", [], label="reference"
+            ),
         )
     membership = membership_results(
         samples, splits, int(cfg.bootstrap.resamples), float(cfg.bootstrap.confidence)
@@ -633,7 +715,9 @@ def _train_and_evaluate(
                     if m[key] is not None:
                         summary[f"test/{protocol}/{method}/{key}"] = m[key]
         publish_results(loggers, summary, membership, output_dir, trainer.global_step)
-        print_table(
+        if "wandb" in (cfg.get("logger") or {}):
+            _finish_wandb(exit_code=0)  # its closing summary would otherwise follow the table
+        table = table_text(
             {
                 "dataset": cfg.dataset.name,
                 "model": cfg.model.name,
@@ -641,7 +725,17 @@ def _train_and_evaluate(
                 **evaluation,
             }
         )
-        print(f"run directory: {output_dir}")
+        log.info("results:\n%s", table)
+        written = [
+            name
+            for name in (*ATTEMPT_FILES, "splits.npz", "checkpoints", "wandb")
+            if (output_dir / name).exists()
+        ]
+        log.info("run directory: %s (%s)", output_dir, ", ".join(written))
+        if (output_dir / "wandb").is_dir() and any((output_dir / "wandb").glob("offline-run-*")):
+            log.info(
+                "W&B offline: wandb sync %s uploads it", output_dir / "wandb" / "offline-run-*"
+            )
     return evaluation
 
 

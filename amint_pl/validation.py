@@ -42,6 +42,7 @@ RESUMABLE_KEYS = (
     "paths",
     "logger",
     "trainer.enable_progress_bar",
+    "progress",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",
     "dataset.root",
@@ -258,6 +259,14 @@ def _check_bootstrap(bootstrap: Mapping[str, Any]) -> None:
         raise ConfigError(f"bootstrap.confidence={confidence} must lie in (0, 1), e.g. 0.95")
 
 
+def _check_progress(progress: Mapping[str, Any]) -> None:
+    interval = progress.get("interval_s", 30)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
+        raise ConfigError(
+            f"progress.interval_s={interval} must be a number of seconds > 0, e.g. 30"
+        )
+
+
 def _check_accelerator(trainer: Mapping[str, Any]) -> None:
     import torch
 
@@ -293,6 +302,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _check_dataset(cfg["dataset"])
     _check_training(cfg)
     _check_bootstrap(cfg.get("bootstrap") or {})
+    _check_progress(cfg.get("progress") or {})
     _check_splits(cfg["dataset"]["splits"], int(cfg["seed"]))
     _check_mint(cfg)
     _check_loggers(cfg.get("logger"))

@@ -83,7 +83,7 @@ def test_failed_and_unfinished_runs_are_listed(sweep):
     assert len(unfinished) == 1 and unfinished[0]["run_dir"].endswith("killed")
     assert unfinished[0]["dataset"] == "digits"  # read from its .hydra/config.yaml
     text = (sweep_dir / "aggregate.md").read_text()
-    assert "## Failed or unfinished runs: 3" in text and "exceeds the train pool" in text
+    assert "## Failed, unfinished or running runs: 3" in text and "exceeds the train pool" in text
     assert "## Membership inference: 2 completed runs" in out.stdout  # printed too
     assert "| digits | small_cnn | entry | active | amint |" in text
     assert "## Over seeds" not in text  # one seed per recipe: nothing to reduce

@@ -170,6 +170,10 @@ def test_tiny_run_scores_rmia_in_every_report_and_beats_the_loss_attack(first_ru
     scores = np.array([float(r["score_rmia"]) for r in rows])
     assert ((scores >= 0) & (scores <= 1)).all()
     assert "RMIA (Zarifzadeh)" in proc.stdout  # the printed table
+    # Each reference model's epochs are progress lines too, in the output and in run.log.
+    for text in (proc.stdout, (run_dir / "run.log").read_text()):
+        lines = [line for line in text.splitlines() if "val/aud_acc" in line]
+        assert sum(" - reference epoch " in line for line in lines) == 2 * 25
 
 
 @pytest.mark.slow

@@ -41,6 +41,7 @@ REFUSED = [
     ("dataset.name=nope", "unknown dataset 'nope'"),
     ("mint.mode=sometimes", "mint.mode='sometimes' is unknown"),
     ("mint.weighting=median", "mint.weighting=median: use fixed or initial"),
+    ("progress.interval_s=0", "progress.interval_s=0 must be a number of seconds > 0"),
     ("+logger.mine.save_dir=x", "logger 'mine' has no _target_"),
     ("logger.csv._target_=nowhere.Logger", "cannot import nowhere.Logger"),
     ("batch_size=33", "batch_size=33 must be an even integer"),

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 
 from amint_pl.data.sources import ArraySource, ImageFiles, Pool, Source
 from amint_pl.errors import ConfigError, CorruptDataError, DataNotFoundError
+from amint_pl.status import PROGRESS_INTERVAL_S, PROGRESS_LOGGER, duration
 
 # Bump when decoding or resizing changes: every cache is rebuilt.
 CACHE_FORMAT = 1
@@ -181,9 +185,13 @@ def root_digest(root: str | Path) -> str:
 
 @contextmanager
 def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (nothing for small pools); yields `advance(n)`."""
+    """A rich progress bar on stderr (nothing for small pools); yields `advance(n)`. When stderr
+    is not a terminal (Rich would draw nothing until the end): plain progress lines instead."""
     if total < PROGRESS_MIN_IMAGES:
         yield lambda n: None
+        return
+    if not sys.stderr.isatty():
+        yield _plain_progress(total, description)
         return
     from rich.console import Console
     from rich.progress import (
@@ -205,6 +213,33 @@ def progress_bar(total: int, description: str) -> Iterator[Callable[[int], None]
     ) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def _plain_progress(total: int, description: str) -> Callable[[int], None]:
+    """`advance(n)` that logs a line every PROGRESS_INTERVAL_S seconds and at the end."""
+    log = logging.getLogger(PROGRESS_LOGGER)
+    started = time.monotonic()
+    state = {"done": 0, "last": started}
+    log.info("%s: %d images", description, total)
+
+    def advance(n: int) -> None:
+        state["done"] += n
+        now = time.monotonic()
+        if now - state["last"] < PROGRESS_INTERVAL_S and state["done"] < total:
+            return
+        state["last"] = now
+        rate = state["done"] / max(now - started, 1e-9)
+        log.info(
+            "%s: %d/%d images | %.0f images/s | elapsed %s ETA %s",
+            description,
+            state["done"],
+            total,
+            rate,
+            duration(now - started),
+            duration((total - state["done"]) / rate),
+        )
+
+    return advance
 
 
 def _pid_alive(pid: int) -> bool:

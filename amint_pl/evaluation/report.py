@@ -306,8 +306,25 @@ def _table_caption(membership: Mapping[str, Any]) -> str:
 
 
 def print_table(results: Mapping[str, Any]) -> None:
-    """The end-of-run summary: audited accuracy and every method in both protocols."""
+    """Print the end-of-run summary (`results_table`)."""
     from rich.console import Console
+
+    Console(width=160).print(results_table(results))
+
+
+def table_text(results: Mapping[str, Any]) -> str:
+    """The end-of-run summary (`results_table`) as plain text, for a log."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(width=160, file=io.StringIO(), color_system=None)
+    console.print(results_table(results))
+    return console.file.getvalue().rstrip()
+
+
+def results_table(results: Mapping[str, Any]) -> Any:
+    """The end-of-run summary, a Rich table: audited accuracy and every method in both protocols."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -343,4 +360,4 @@ def print_table(results: Mapping[str, Any]) -> None:
                 ),
             ]
             table.add_row(*(escape(cell) for cell in cells))
-    Console(width=160).print(table)
+    return table
