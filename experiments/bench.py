@@ -3,7 +3,7 @@
     python experiments/bench.py                       # CPU, small_cnn at 32x32 (`make bench`)
     python experiments/bench.py --quick               # a smoke test of seconds, tiny sizes
     python experiments/bench.py --device cuda --precision bf16-mixed --models resnet18,vit \\
-        --channels-last --on-device                   # a GPU (item 4 of issue 8)
+        --channels-last --on-device                   # a GPU
 
 What it measures, each as a ratio of two things run in the same process, interleaved (A B C,
 C B A, A B C, ...; the ratio is the median of the per-repeat ratios of neighbours, so a burst of

@@ -1,4 +1,4 @@
-"""The generalizing-aMINT mechanisms (issue 9): output features, positive subsets, the
+"""The generalizing-aMINT mechanisms: output features, positive subsets, the
 membership memory, the preset."""
 
 import pytest
