@@ -22,14 +22,15 @@ def _config(*overrides: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+def _digits(sizes: SplitSizes):
+    """Digits' pools and splits of the given sizes."""
+    benchmark = benchmark_from_config(_config()["dataset"])
+    return benchmark, build_splits(len(benchmark.train), len(benchmark.test), sizes, seed=0)
+
+
 @pytest.fixture(scope="module")
 def digits():
-    cfg = _config()
-    benchmark = benchmark_from_config(cfg["dataset"])
-    splits = build_splits(
-        len(benchmark.train), len(benchmark.test), SplitSizes(200, 0.2, 200, 100), seed=0
-    )
-    return benchmark, splits
+    return _digits(SplitSizes(200, 0.2, 200, 100))
 
 
 def _module_and_batch(digits, *overrides):
@@ -180,12 +181,7 @@ def _fit(digits, max_epochs, tmp_path, ckpt_path=None):
 @pytest.fixture(scope="module")
 def few_members():
     """|E| = 2.5 |D|: all of E serves as MINT negatives only over 3 epochs."""
-    cfg = _config()
-    benchmark = benchmark_from_config(cfg["dataset"])
-    splits = build_splits(
-        len(benchmark.train), len(benchmark.test), SplitSizes(60, 0.2, 150, 100), seed=0
-    )
-    return benchmark, splits
+    return _digits(SplitSizes(60, 0.2, 150, 100))
 
 
 def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, tmp_path):
