@@ -106,6 +106,7 @@ def plan() -> list[Row]:
         if model == "mobilenet":
             rows.append(Row(model, "middle", "active", "paper", 0, "paper"))
         rows.append(Row(model, "middle", "passive", "light", 0, "ours"))
+    for model in ARCHITECTURES:
         rows += [Row(model, t, "active", "light", 0, "ours") for t in ("entry", "output")]
     rows += [Row("mobilenet", t, "active", "paper", 0, "paper") for t in ("entry", "output")]
     for seed in (1, 2):
