@@ -31,7 +31,7 @@ from amint_pl.data.benchmarks import (
 from amint_pl.data.splits import SplitSizes, build_splits
 from amint_pl.errors import ConfigError, CorruptDataError, DataNotFoundError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "amint_pl" / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DATASETS = (
     "mnist",
     "fashion_mnist",

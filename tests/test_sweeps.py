@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 import amint_pl.run  # noqa: F401  (registers the run-directory resolver)
-from amint_pl.run import config_dir
+from amint_pl import config_dir
 from tests.conftest import TINY, read_results, run_dirs
 
 

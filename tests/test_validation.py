@@ -8,8 +8,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from amint_pl.errors import AmintError
-from amint_pl.run import with_timm_config
-from amint_pl.validation import validate_config
+from amint_pl.validation import validate_config, with_timm_config
 from tests.conftest import TINY, read_results, run_dirs, run_module
 
 # MNIST's files are absent here: an error about anything else proves nothing was decoded first.

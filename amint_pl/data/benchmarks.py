@@ -21,6 +21,7 @@ from amint_pl.data.cache import cached_stats, channel_stats, materialise, resize
 # Importing the readers registers them; the names below are the data package's public interface.
 from amint_pl.data.readers import read_digits
 from amint_pl.data.sources import (
+    IMAGE_FILE_DATASETS,
     READERS,
     ArraySource,
     ImageFiles,
@@ -33,6 +34,7 @@ from amint_pl.data.sources import (
 from amint_pl.errors import ConfigError
 
 __all__ = [
+    "IMAGE_FILE_DATASETS",
     "READERS",
     "ArraySource",
     "Benchmark",

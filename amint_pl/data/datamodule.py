@@ -18,22 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from amint_pl.data.benchmarks import Benchmark, Pool
-from amint_pl.data.splits import MembershipSplits
+from amint_pl.data.splits import CALIBRATION_ROLES, ROLE_CODES, ROLES, MembershipSplits
 from amint_pl.errors import ConfigError
-
-# Role codes carried by every batch (`batch["role"]`).
-ROLE_CODES = {
-    "members_seen": 0,
-    "members_unseen": 1,
-    "external": 2,
-    "nonmembers_calib": 3,
-    "nonmembers_eval": 4,
-    "members_seen_calib": 5,
-    "members_unseen_calib": 6,
-    "population": 7,
-}
-ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
-POOL_NAMES = ("train", "test")
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -241,11 +227,6 @@ def catalogue(
     return np.concatenate(pool_ids), np.concatenate(indices), np.concatenate(role_codes)
 
 
-# The calibration sets (validation during training) and every scored set (evaluation).
-CALIBRATION_ROLES = ("members_seen_calib", "members_unseen_calib", "nonmembers_calib")
-SCORED_ROLES = ("members_seen", "members_unseen", "external", "nonmembers_calib", "nonmembers_eval")
-
-
 class MembershipDataModule(L.LightningDataModule):
     """Balanced member/external training batches; calibration and scored sets for evaluation.
 
@@ -268,7 +249,7 @@ class MembershipDataModule(L.LightningDataModule):
         eval_batch_size: int,
         seed: int,
         on_device: bool = False,
-        scored_roles: Sequence[str] = SCORED_ROLES,
+        scored_roles: Sequence[str] = ROLES,
     ) -> None:
         super().__init__()
         self.benchmark = benchmark

@@ -26,8 +26,8 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
-from amint_pl.data.datamodule import ROLE_CODES
-from amint_pl.evaluation.attacks import loss_score
+from amint_pl.data.splits import ROLE_CODES
+from amint_pl.models.outputs import member_probability, true_label_log_probability
 
 # Calibration members of each protocol, and the calibration non-members.
 CALIB_MEMBERS = {
@@ -98,8 +98,8 @@ class MembershipCurves(Callback):
             self.metrics["aud_acc"].update(logits[nonmember], labels[nonmember])
         # Scores mapped into [0, 1] in double precision, order kept: torchmetrics would otherwise
         # squash unbounded scores with a float32 sigmoid (ties), and only in some batches.
-        p_true = loss_score(logits.detach(), labels).exp()
-        p_member = torch.sigmoid(mint_logits.detach().double()) if mint_logits is not None else None
+        p_true = true_label_log_probability(logits.detach(), labels).exp()
+        p_member = member_probability(mint_logits) if mint_logits is not None else None
         for protocol in self.protocols:
             member = role == CALIB_MEMBERS[protocol]
             keep = member | nonmember

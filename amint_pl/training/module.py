@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amint_pl.data.datamodule import ROLE_CODES
+from amint_pl.checkpoints import check_checkpoint, check_resumable, seal_checkpoint
+from amint_pl.data.splits import ROLE_CODES
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.errors import ConfigError
 from amint_pl.models.backbones import backbone_from_config
@@ -26,7 +27,6 @@ from amint_pl.models.memory import memory_from_config
 from amint_pl.models.mint_head import mint_head_from_config
 from amint_pl.training.callbacks import MembershipCurves
 from amint_pl.training.losses import LossWeighting
-from amint_pl.validation import check_checkpoint, check_resumable, seal_checkpoint
 
 MODES = {"active": ("joint",), "passive": ("audited", "mint_head"), "off": ("audited",)}
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -68,6 +68,20 @@ def role_positions(
         "member_index": torch.nonzero(role != EXTERNAL).flatten(),
         "mint_index": torch.nonzero(mint).flatten(),
     }
+
+
+def mint_loss(
+    mint_logits: torch.Tensor, role: torch.Tensor, mint_targets: torch.Tensor
+) -> torch.Tensor:
+    """BCE of the MINT logits at the MINT targets (members 1, external samples 0), each class
+    weighted one half, as the paper's separate member and external batches were."""
+    is_member = (role.index_select(0, mint_targets) != EXTERNAL).float()
+    losses = F.binary_cross_entropy_with_logits(
+        mint_logits.index_select(0, mint_targets), is_member, reduction="none"
+    )
+    positives = (losses * is_member).sum() / is_member.sum().clamp_min(1.0)
+    negatives = (losses * (1 - is_member)).sum() / (1 - is_member).sum().clamp_min(1.0)
+    return 0.5 * (positives + negatives)
 
 
 def compile_mode(value: Any) -> str | None:
@@ -309,7 +323,7 @@ class AMINTModule(L.LightningModule):
             member_logits = logits.index_select(0, members)
             ce = F.cross_entropy(member_logits, labels.index_select(0, members))
             mint_logits = self.mint_head(taps, logits, labels, memory)
-            bce = self._mint_loss(mint_logits, role, mint_targets)
+            bce = mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "audited":
             memory_inputs = batch.get("memory_inputs")
             if memory_inputs is not None:
@@ -322,7 +336,7 @@ class AMINTModule(L.LightningModule):
             mint_logits = self.mint_head(
                 [t.detach() for t in taps], logits.detach(), labels, memory
             )
-            bce = self._mint_loss(mint_logits, role, mint_targets)
+            bce = mint_loss(mint_logits, role, mint_targets)
         loss = self.loss_weighting(ce, bce)
         prefix = "head/" if self.phase == "mint_head" else ""
         self.log(f"{prefix}train/loss", loss, prog_bar=True)
@@ -341,20 +355,6 @@ class AMINTModule(L.LightningModule):
         if bce is not None:
             self.log(f"{prefix}train/bce", bce)
         return loss
-
-    @staticmethod
-    def _mint_loss(
-        mint_logits: torch.Tensor, role: torch.Tensor, mint_targets: torch.Tensor
-    ) -> torch.Tensor:
-        """BCE of the MINT logits at the MINT targets (members 1, external samples 0), each class
-        weighted one half, as the paper's separate member and external batches were."""
-        is_member = (role.index_select(0, mint_targets) != EXTERNAL).float()
-        losses = F.binary_cross_entropy_with_logits(
-            mint_logits.index_select(0, mint_targets), is_member, reduction="none"
-        )
-        positives = (losses * is_member).sum() / is_member.sum().clamp_min(1.0)
-        negatives = (losses * (1 - is_member)).sum() / (1 - is_member).sum().clamp_min(1.0)
-        return 0.5 * (positives + negatives)
 
     def validation_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
