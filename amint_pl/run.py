@@ -41,7 +41,12 @@ from amint_pl.training.resume import (
     resumed_config_dir,
     with_run_overrides,
 )
-from amint_pl.validation import check_command_line, validate_config, with_timm_config
+from amint_pl.validation import (
+    check_command_line,
+    validate_config,
+    with_optim_group,
+    with_timm_config,
+)
 
 # The run's story: Hydra's job logging sends it to the console and to <run dir>/run.log.
 log = logging.getLogger("amint_pl.run")
@@ -298,7 +303,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
 def main() -> None:
     """`python -m amint_pl.run [overrides]`: one experiment, or a sweep with -m."""
     try:
-        args = with_timm_config(with_run_overrides(sys.argv[1:]))
+        args = with_optim_group(with_timm_config(with_run_overrides(sys.argv[1:])))
         check_command_line(args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

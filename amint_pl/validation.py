@@ -68,6 +68,15 @@ def with_timm_config(args: list[str]) -> list[str]:
     return ["model=timm", *args]
 
 
+def with_optim_group(args: list[str]) -> list[str]:
+    """`optim.name=<adam | adamw | sgd>` (the setting's earlier spelling) is the optimiser's config
+    group option: optim=<name>."""
+    return [
+        f"optim={arg.partition('=')[2]}" if arg.lstrip("+").startswith("optim.name=") else arg
+        for arg in args
+    ]
+
+
 def check_overrides(overrides: list[str]) -> None:
     """Refuse, before Hydra composes anything, a group option that does not exist or a run
     directory that already holds a run (nothing a user has is overwritten)."""
@@ -302,8 +311,6 @@ def _check_loggers(loggers: Mapping[str, Any] | None) -> None:
 
 
 def _check_training(cfg: Mapping[str, Any]) -> None:
-    from amint_pl.training.module import OPTIMIZERS
-
     batch = cfg.get("batch_size")
     # batch_size is per device (run.yaml): each device's batch is half members, half external,
     # so it must split in two; the global batch (batch_size x devices) then always divides.
@@ -324,15 +331,35 @@ def _check_training(cfg: Mapping[str, Any]) -> None:
     patience = cfg.get("early_stopping_patience")
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
         raise ConfigError(f"early_stopping_patience={patience} must be an integer >= 0")
-    optim = cfg.get("optim") or {}
-    if optim.get("name") not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={optim.get('name')}: use one of {', '.join(OPTIMIZERS)}")
+    _check_optim(cfg.get("optim") or {})
+
+
+def _check_optim(optim: Mapping[str, Any]) -> None:
+    """conf/optim/*.yaml: a torch optimiser's class and settings, built once on a probe."""
+    import torch
+    from hydra.utils import get_class, instantiate
+
+    fix = f"use optim=<{' | '.join(group_options('optim'))}>"
+    target = optim.get("_target_")
+    try:
+        optimiser = get_class(str(target))
+    except Exception as err:
+        raise ConfigError(f"optim._target_={target} cannot be imported: {fix}") from err
+    if not (isinstance(optimiser, type) and issubclass(optimiser, torch.optim.Optimizer)):
+        raise ConfigError(f"optim._target_={target} is no torch optimiser: {fix}")
+    if optim.get("_partial_") is not True:
+        raise ConfigError("optim._partial_ must be true (the parameters come per phase): " + fix)
     _number(
         optim.get("lr"), "optim.lr", 0.0, False, "must be a positive number, e.g. optim.lr=1e-3"
     )
     _number(
         optim.get("weight_decay", 0.0), "optim.weight_decay", 0.0, True, "must be a number >= 0"
     )
+    try:
+        instantiate(dict(optim))([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ConfigError(f"optim: {target} cannot be built ({reason}): {fix}") from err
 
 
 def _check_bootstrap(bootstrap: Mapping[str, Any]) -> None:

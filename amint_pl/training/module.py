@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import hydra
 import lightning as L
 import numpy as np
 import torch
@@ -29,7 +30,6 @@ from amint_pl.training.callbacks import MembershipCurves
 from amint_pl.training.losses import LossWeighting
 
 MODES = {"active": ("joint",), "passive": ("audited", "mint_head"), "off": ("audited",)}
-OPTIMIZERS = ("adam", "adamw", "sgd")
 SEEN, UNSEEN, EXTERNAL = (
     ROLE_CODES["members_seen"],
     ROLE_CODES["members_unseen"],
@@ -390,15 +390,5 @@ class AMINTModule(L.LightningModule):
             params = self.audited_parameters()
         else:
             params = self.audited_parameters() + list(self.mint_head.parameters())
-        name, lr, wd = (
-            self.optim_cfg["name"],
-            float(self.optim_cfg["lr"]),
-            float(self.optim_cfg.get("weight_decay", 0.0)),
-        )
-        if name == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        if name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        if name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
-        raise ConfigError(f"optim.name='{name}' is unknown: use {', '.join(OPTIMIZERS)}")
+        # conf/optim/*.yaml: the optimiser's class (`_target_`) and settings, `_partial_`.
+        return hydra.utils.instantiate(self.optim_cfg)(params)
