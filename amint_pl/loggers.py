@@ -15,7 +15,6 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from amint_pl import config_dir
-from amint_pl.errors import ConfigError
 
 
 def sweep_group() -> str | None:
@@ -96,32 +95,15 @@ def build_loggers(cfg: DictConfig, choices: Mapping[str, str]) -> list[Any]:
     import hydra
 
     loggers = []
-    for name, node in (cfg.get("logger") or {}).items():
+    for node in (cfg.get("logger") or {}).values():
         if node is None:
             continue
-        target = str(node.get("_target_", ""))
-        if not target:
-            raise ConfigError(
-                f"logger '{name}' has no _target_: use logger=csv, logger=wandb, "
-                f"logger=tensorboard or logger=none"
-            )
-        extra: dict[str, Any] = {}
-        if target.endswith("WandbLogger"):
-            extra = _wandb_kwargs(cfg, node, choices)
-        elif target.endswith("TensorBoardLogger"):
-            _check_tensorboard()
+        # validate_config checked every logger's _target_ (and TensorBoard's package).
+        wandb = str(node["_target_"]).endswith("WandbLogger")
+        extra = _wandb_kwargs(cfg, node, choices) if wandb else {}
         # Partial first: `config` would clash with instantiate's own first parameter.
         loggers.append(hydra.utils.instantiate(node, _partial_=True, _convert_="all")(**extra))
     return loggers
-
-
-def _check_tensorboard() -> None:
-    from importlib.util import find_spec
-
-    if find_spec("tensorboard") is None and find_spec("tensorboardX") is None:
-        raise ConfigError(
-            "logger=tensorboard needs TensorBoard: pip install tensorboard (or pick logger=csv)"
-        )
 
 
 def finish_wandb(cfg: DictConfig, exit_code: int) -> None:

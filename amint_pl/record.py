@@ -15,20 +15,11 @@ from omegaconf.errors import InterpolationResolutionError
 
 from amint_pl.errors import AmintError, ConfigError
 from amint_pl.status import PROGRESS_LOGGER, RunStatus
+from amint_pl.training.resume import ATTEMPT_FILES
 
 log = logging.getLogger("amint_pl.run")
 # What the run directory listing names (besides what a resumed attempt rewrites).
-RUN_FILES = (
-    "results.json",
-    "scores.csv",
-    "roc.png",
-    "scores_hist.png",
-    "training_curves.png",
-    "csv",
-    "splits.npz",
-    "checkpoints",
-    "wandb",
-)
+RUN_FILES = (*ATTEMPT_FILES, "splits.npz", "checkpoints", "wandb")
 
 
 def resolved_config(cfg: DictConfig, output_dir: Path) -> DictConfig:

@@ -308,6 +308,15 @@ def _check_loggers(loggers: Mapping[str, Any] | None) -> None:
             get_class(str(target))
         except Exception as err:
             raise ConfigError(f"logger '{name}': cannot import {target}: {fix}") from err
+        tensorboard = ("tensorboard", "tensorboardX")
+        if str(target).endswith("TensorBoardLogger") and not any(map(_installed, tensorboard)):
+            raise ConfigError(
+                "logger=tensorboard needs TensorBoard: pip install tensorboard (or pick logger=csv)"
+            )
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
 
 
 def _check_training(cfg: Mapping[str, Any]) -> None:

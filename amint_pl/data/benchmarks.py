@@ -148,8 +148,6 @@ def load_benchmark(
     Returns:
         The `Benchmark`, images uint8 (N, C, H, W), memory-mapped when cached.
     """
-    if name not in READERS:
-        raise ConfigError(f"unknown dataset '{name}': choose one of {', '.join(sorted(READERS))}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ConfigError(f"dataset.image_size={image_size} must be a positive integer or null")
     root = Path(root).expanduser()
