@@ -71,7 +71,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_progress(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's phase, epoch, global step and whether early stopping ended it."""
+    """A checkpoint's phase, epoch, global step, whether early stopping ended it, and whether it
+    holds the whole training state (`resumable`: a last.ckpt, not a weights-only best-*.ckpt)."""
     ckpt = read_checkpoint(path)
     stopped = any(
         name.startswith("EarlyStopping") and int(state.get("stopped_epoch", 0)) > 0
@@ -82,6 +83,7 @@ def checkpoint_progress(path: str | Path) -> dict[str, Any]:
         "epoch": int(ckpt.get("epoch", 0)),
         "global_step": int(ckpt.get("global_step", 0)),
         "stopped_early": stopped,
+        "resumable": "optimizer_states" in ckpt,
     }
 
 

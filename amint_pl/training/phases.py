@@ -61,13 +61,16 @@ def build_trainer(
     mode = str(cfg.mint.monitor_mode)
     folder = output_dir / "checkpoints" / phase
     # A resumed run retrains the epoch it was stopped in and writes that epoch's files again under
-    # the same names (no -v1 copies): e.g. a best checkpoint saved just before the stop.
+    # the same names (no -v1 copies): e.g. a best checkpoint saved just before the stop. The best
+    # epoch's checkpoint is what the run evaluates and audit reads: its weights suffice (a third
+    # of a checkpoint with Adam's state); last.ckpt keeps the whole state a resume needs.
     best = ModelCheckpoint(
         dirpath=folder,
         filename="best-{epoch:03d}",
         monitor=monitor,
         mode=mode,
         save_top_k=1,
+        save_weights_only=True,
         enable_version_counter=False,
     )
     # last.ckpt at the end of every epoch (Lightning's save_last rewrites it only when the best

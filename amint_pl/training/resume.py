@@ -109,7 +109,13 @@ def resume_plan(ckpt_path: Any, output_dir: Path, phases: tuple[str, ...]) -> di
     if ckpt_path == "last":
         found = {p: output_dir / "checkpoints" / p / f"{LAST_CHECKPOINT}.ckpt" for p in phases}
         return {p: str(f) for p, f in found.items() if f.is_file()}
-    phase = checkpoint_progress(ckpt_path)["phase"]
+    progress = checkpoint_progress(ckpt_path)
+    phase = progress["phase"]
+    if not progress["resumable"]:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} holds the weights alone (a best-*.ckpt): resume from "
+            "checkpoints/<phase>/last.ckpt, or in the run's directory with ckpt_path=last"
+        )
     if phase not in phases:
         raise ConfigError(
             f"ckpt_path={ckpt_path} was saved in phase {phase!r}, not one of {', '.join(phases)}: "
