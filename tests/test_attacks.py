@@ -16,8 +16,7 @@ from amint_pl.data.splits import SplitSizes, build_splits
 from amint_pl.evaluation.attacks import CLASSIC_ATTACKS, classic_attack_scores
 from amint_pl.evaluation.metrics import membership_metrics
 from amint_pl.models.outputs import true_label_log_probability
-from amint_pl.training.callbacks import CALIB_MEMBERS, CALIB_NONMEMBERS
-from amint_pl.training.module import AMINTModule
+from amint_pl.training.module import CALIB_MEMBERS, CALIB_NONMEMBERS, AMINTModule
 
 
 def _logits(probabilities):
