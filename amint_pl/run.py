@@ -152,9 +152,8 @@ def _experiment(
     """Every stage after validation: data -> model -> trainers -> fit phases -> evaluate -> report."""
     import lightning as L
 
-    from amint_pl.data.benchmarks import benchmark_from_config
-    from amint_pl.data.datamodule import MembershipDataModule
-    from amint_pl.data.splits import PROTOCOLS, SplitSizes, load_or_build_splits
+    from amint_pl.data.datamodule import RunDataModule
+    from amint_pl.data.splits import PROTOCOLS, SplitSizes
     from amint_pl.distributed import gather_predictions
     from amint_pl.evaluation.publish import publish_results, summary_metrics
     from amint_pl.evaluation.report import (
@@ -172,12 +171,18 @@ def _experiment(
     quiet_lightning()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     rank_zero = stages.rank_zero
-    stages.enter("caching")
-    benchmark = benchmark_from_config(cfg.dataset)
-    stages.enter("splitting")
-    sizes = SplitSizes(**OmegaConf.to_container(cfg.dataset.splits))
-    pools = (len(benchmark.train), len(benchmark.test))
-    splits = load_or_build_splits(output_dir / "splits.npz", *pools, sizes, cfg.seed, rank_zero)
+    datamodule = RunDataModule(
+        cfg.dataset,
+        SplitSizes(**OmegaConf.to_container(cfg.dataset.splits)),
+        output_dir / "splits.npz",
+        int(cfg.batch_size),
+        int(cfg.eval_batch_size),
+        int(cfg.seed),
+        write_splits=rank_zero,
+        on_stage=stages.enter,
+    )
+    datamodule.prepare_data()  # the stages caching and splitting: before the model is built
+    benchmark, splits = datamodule.benchmark, datamodule.splits
     log.info(
         "data %s: pools train %d, test %d; splits %s",
         cfg.dataset.name,
@@ -189,16 +194,8 @@ def _experiment(
         from amint_pl.training.reference import check_reference_models
 
         check_reference_models(cfg, splits, output_dir)
-    datamodule = MembershipDataModule(
-        benchmark,
-        splits,
-        int(cfg.batch_size),
-        int(cfg.eval_batch_size),
-        int(cfg.seed),
-        on_device=bool(cfg.dataset.on_device),
-    )
     protocols = [p for p, role in PROTOCOLS.items() if len(splits[f"{role}_calib"])]
-    module = AMINTModule.for_benchmark(cfg, benchmark, protocols, splits.fingerprint())
+    module = AMINTModule.for_benchmark(cfg, datamodule, protocols, splits.fingerprint())
     loggers = build_loggers(cfg, choices)
 
     def trainer_of(phase: str) -> L.Trainer:

@@ -221,7 +221,8 @@ class AMINTModule(L.LightningModule):
         protocols: Sequence[str],
         split_fingerprint: str,
     ) -> AMINTModule:
-        """The module for a run config (resolved to plain containers) on a `Benchmark`'s pools."""
+        """The module for a run config (resolved to plain containers) on a `Benchmark`'s pools, or
+        a `MembershipDataModule`'s (either says num_classes, channels, mean, std, class_names)."""
         from omegaconf import OmegaConf
 
         if not isinstance(config, dict):
