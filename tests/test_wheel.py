@@ -23,6 +23,35 @@ def _run(*args, cwd, **kwargs):
     )
 
 
+def _copy_sources(source):
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("amint_pl", "conf"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+def _venv(root, name):
+    """A new venv that reuses this environment's packages (torch, Lightning, Hydra) through a .pth
+    file, after its own: no network, nothing downloaded."""
+    venv = root / name
+    assert _run(sys.executable, "-m", "venv", "--without-pip", str(venv), cwd=root).returncode == 0
+    python = venv / "bin" / "python"
+    site = _run(
+        str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root
+    )
+    # This environment's amint_pl, if installed editable here, is a .pth hook, which a plain path
+    # line does not run: the venv sees only its own.
+    Path(site.stdout.strip(), "reuse_packages.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n"
+    )
+    return python
+
+
+def _pip(python, *args, cwd):
+    return _run(sys.executable, "-m", "pip", "--python", str(python), *args, cwd=cwd)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(the venv's python, the wheel): the wheel built from a copy of the sources, installed with
@@ -30,33 +59,16 @@ def installed(tmp_path_factory):
     Hydra) through a .pth file: no network, nothing downloaded."""
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    for name in ("amint_pl", "conf"):
-        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    _copy_sources(source)
     build = _run(
         sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
         "-w", str(root / "dist"), str(source), cwd=root,
     )  # fmt: skip
     assert build.returncode == 0, build.stderr[-3000:]
     (wheel,) = (root / "dist").glob("amint_pl-*.whl")
-    venv = root / "venv"
-    assert _run(sys.executable, "-m", "venv", "--without-pip", str(venv), cwd=root).returncode == 0
-    python = venv / "bin" / "python"
-    install = _run(
-        sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-        "--no-index", "-q", str(wheel), cwd=root,
-    )  # fmt: skip
+    python = _venv(root, "venv")
+    install = _pip(python, "install", "--no-deps", "--no-index", "-q", str(wheel), cwd=root)
     assert install.returncode == 0, install.stderr[-3000:]
-    site = _run(
-        str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root
-    )
-    # After the venv's own site-packages: this environment's packages, not its amint_pl (an
-    # editable install here is a .pth hook, which a plain path line does not run).
-    Path(site.stdout.strip(), "reuse_packages.pth").write_text(
-        sysconfig.get_paths()["purelib"] + "\n"
-    )
     return python, wheel
 
 
@@ -90,3 +102,25 @@ def test_the_installed_package_finds_its_configs_from_any_folder(installed, tmp_
     assert bad.stderr.strip().splitlines()[-1].startswith("error: unknown dataset 'nope'")
     assert "cifar10" in bad.stderr and "Traceback" not in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written where it ran
+
+
+def test_an_editable_install_finds_the_configs_in_the_checkout(tmp_path):
+    """`make install` (pip install -e): amint_pl.conf is the checkout's conf/."""
+    source = tmp_path / "checkout"
+    _copy_sources(source)
+    python = _venv(tmp_path, "venv")
+    install = _pip(
+        python, "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-e",
+        str(source), cwd=tmp_path,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = _run(
+        str(python), "-c", "import amint_pl, amint_pl.conf; print(amint_pl.conf.__file__); "
+        "print(amint_pl.config_dir())", cwd=elsewhere,
+    )  # fmt: skip
+    assert where.returncode == 0, where.stderr[-2000:]
+    assert where.stdout.split() == [str(source / "conf" / "__init__.py"), str(source / "conf")]
+    job = _run(str(python), "-m", "amint_pl.run", "--cfg", "job", "optim=sgd", cwd=elsewhere)
+    assert job.returncode == 0 and "_target_: torch.optim.SGD" in job.stdout, job.stderr[-2000:]
