@@ -64,9 +64,7 @@ def test_two_by_two_multirun_writes_one_run_per_cell(tmp_path, run_amint):
 
 @pytest.mark.slow
 def test_a_failed_job_leaves_its_error_and_the_joblib_sweep_goes_on(tmp_path, run_amint):
-    proc, _ = run_amint(
-        *TINY, "hydra/launcher=joblib", "optim.lr=-1,1e-3", "-m", check=False
-    )
+    proc, _ = run_amint(*TINY, "hydra/launcher=joblib", "optim.lr=-1,1e-3", "-m", check=False)
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     bad, good = map(read_results, _jobs(tmp_path / "runs"))
     assert good["status"] == "completed" and good["membership"]["paper"]["mint"]["auc"] >= 0
