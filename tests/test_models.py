@@ -23,7 +23,7 @@ from amint_pl.models.backbones import (
 )
 from amint_pl.models.mint_head import MINTHead, mint_head_from_config
 
-CONF = Path(__file__).resolve().parents[1] / "amint_pl" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = ("entry", "middle", "output")
 NUM_CLASSES = 10
 SIZES = {28: 1, 32: 3, 64: 3}  # image size -> channels: MNIST, CIFAR, GTSRB / Tiny ImageNet

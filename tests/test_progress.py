@@ -16,8 +16,7 @@ import pytest
 
 from amint_pl.aggregate import aggregate, markdown
 from amint_pl.data.cache import PROGRESS_MIN_IMAGES, progress_bar
-from amint_pl.run import PAUSE_ENV
-from amint_pl.status import PROGRESS_LOGGER, STALE_AFTER_S, STATUS_FILE
+from amint_pl.status import PAUSE_ENV, PROGRESS_LOGGER, STALE_AFTER_S, STATUS_FILE
 from tests.conftest import REPO, TINY, read_results
 
 EPOCHS = 3

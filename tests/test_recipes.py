@@ -59,7 +59,12 @@ def test_paper_preset_is_the_papers_recipe():
     proc = run_module("amint_pl.run", "experiment=paper", "dataset=mnist", "--cfg", "job")
     assert proc.returncode == 0, proc.stderr[-2000:]
     cfg = yaml.safe_load(proc.stdout)
-    assert cfg["optim"] == {"name": "adam", "lr": 1.0e-4, "weight_decay": 0.0}
+    assert cfg["optim"] == {
+        "_target_": "torch.optim.Adam",
+        "_partial_": True,
+        "lr": 1.0e-4,
+        "weight_decay": 0.0,
+    }
     assert cfg["batch_size"] == 128  # 64 members + 64 external samples per step
     assert cfg["dataset"]["augment"] == "none"
     mint = cfg["mint"]

@@ -16,8 +16,8 @@ import time
 import pytest
 import torch
 
-from amint_pl.run import PAUSE_ENV
-from amint_pl.validation import RESUMABLE_KEYS
+from amint_pl.checkpoints import RESUMABLE_KEYS
+from amint_pl.status import PAUSE_ENV
 from tests.conftest import REPO, read_results, run_module
 from tests.shared_runs import DETERMINISTIC, three_epoch_run, train
 

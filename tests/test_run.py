@@ -4,7 +4,11 @@ import csv
 import math
 
 import pytest
+import torch
 
+from amint_pl.checkpoints import check_checkpoint
+from amint_pl.errors import ConfigError
+from amint_pl.training.resume import resume_plan
 from tests.conftest import TINY, read_results
 
 # Each test starts the entry points as processes: the full suite only (make test).
@@ -59,6 +63,19 @@ def test_each_mint_mode_writes_every_file(run_amint, mode):
     expected = {"active": {"joint"}, "passive": {"audited", "mint_head"}, "off": {"audited"}}[mode]
     assert set(results["best_checkpoints"]) == expected
     assert (run_dir / "csv" / "metrics.csv").is_file()
+    # What a run keeps: the best epoch's weights (evaluated, audited), the last epoch's whole state.
+    for phase, best in results["best_checkpoints"].items():
+        best = torch.load(run_dir / best, map_location="cpu", weights_only=True)
+        last = torch.load(
+            run_dir / "checkpoints" / phase / "last.ckpt", map_location="cpu", weights_only=True
+        )
+        assert "optimizer_states" not in best and last["optimizer_states"]
+        check_checkpoint(best, phase)  # sealed all the same
+        assert best["hyper_parameters"] == last["hyper_parameters"]
+    # A weights-only checkpoint cannot continue a phase: one line names the file to give.
+    best = run_dir / results["best_checkpoints"][sorted(expected)[0]]
+    with pytest.raises(ConfigError, match="holds the weights alone .*last.ckpt"):
+        resume_plan(str(best), run_dir, tuple(results["best_checkpoints"]))
 
 
 def test_default_config_learns_digits_and_logs_to_wandb_offline(run_amint):
@@ -69,6 +86,9 @@ def test_default_config_learns_digits_and_logs_to_wandb_offline(run_amint):
     assert results["membership"]["paper"]["mint"]["auc"] > 0.6
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert offline and list(offline[0].glob("*.wandb"))
+    # The results table is the last thing the run prints: W&B's closing summary is not after it.
+    assert proc.stdout.strip().splitlines()[-1].strip().startswith("accuracies are balanced")
+    assert "Run summary" not in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize(
