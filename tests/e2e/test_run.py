@@ -1,13 +1,18 @@
-"""`python -m amint_pl.run` end to end, as a user runs it (real Hydra, Lightning, wandb offline)."""
+"""`python -m amint_pl.run` end to end, as a user runs it (real Hydra, Lightning, wandb offline): every
+mint mode on two data sets as the jobs of one multirun, and the shipped defaults writing to a file
+as under SLURM or nohup."""
 
 import csv
+import json
 import math
+import re
 
 import pytest
 
-from tests.conftest import TINY, read_results
+from amint_pl.status import STATUS_FILE
+from tests.formats import write_mnist_files
+from tests.helpers import TINY, read_results, run_dirs, start_run
 
-# Each test starts the entry points as processes: the full suite only (make test).
 pytestmark = pytest.mark.slow
 
 RUN_FILES = (
@@ -51,38 +56,82 @@ def _check_run_files(run_dir, mode):
     return results
 
 
-@pytest.mark.parametrize("mode", ["active", "passive", "off"])
-def test_each_mint_mode_writes_every_file(run_amint, mode):
-    proc, run_dir = run_amint(*TINY, f"mint={mode}")
-    results = _check_run_files(run_dir, mode)
-    assert "audited test acc" in proc.stdout  # the Rich table
-    expected = {"active": {"joint"}, "passive": {"audited", "mint_head"}, "off": {"audited"}}[mode]
-    assert set(results["best_checkpoints"]) == expected
-    assert (run_dir / "csv" / "metrics.csv").is_file()
+def test_each_mint_mode_on_each_data_set_writes_every_file_one_run_per_cell(tmp_path, run_amint):
+    write_mnist_files(tmp_path / "data" / "mnist" / "MNIST" / "raw", 300, 200)
+    proc, _ = run_amint(*TINY, "dataset=digits,mnist", "mint=active,passive,off", "-m")
+    jobs = run_dirs(tmp_path / "runs")
+    assert len({d.parent for d in jobs}) == 1, "every job of a sweep in one sweep directory"
+    cells = {}
+    for job in jobs:
+        results = read_results(job)
+        mode = results["mint_mode"]
+        cells[results["dataset"], mode] = results
+        _check_run_files(job, mode)
+        assert "audited test acc" in (job / "run.log").read_text()  # the table
+        expected = {"active": {"joint"}, "passive": {"audited", "mint_head"}, "off": {"audited"}}
+        assert set(results["best_checkpoints"]) == expected[mode]
+        assert (job / "csv" / "metrics.csv").is_file()
+        assert results["distributed"]["process_group_size"] == 1
+    assert set(cells) == {(d, m) for d in ("digits", "mnist") for m in ("active", "passive", "off")}
+    assert proc.stdout.count("audited test acc") == 6  # each job's table, printed
 
 
-def test_default_config_learns_digits_and_logs_to_wandb_offline(run_amint):
-    # The shipped defaults (both loggers) with fewer epochs: the audited model must learn.
-    proc, run_dir = run_amint("trainer.max_epochs=8", "early_stopping_patience=100")
+EPOCHS = 8
+
+
+def test_the_defaults_learn_digits_and_a_run_writing_to_a_file_tells_its_story(
+    tmp_path, monkeypatch
+):
+    """The shipped defaults (both loggers, digits' full splits) with fewer epochs: the audited model
+    learns; written to a file, the run says where it is each epoch and tells its story in run.log;
+    W&B keeps its offline run quietly, nothing of it after the results table."""
+    # W&B as users have it (offline, not silenced): its closing summary must not follow the table.
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    run_dir = tmp_path / "run"
+    out = tmp_path / "run.out"
+    with open(out, "w") as file:  # as `> run.out 2>&1` under SLURM or nohup
+        proc = start_run(
+            file,
+            f"hydra.run.dir={run_dir}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            f"trainer.max_epochs={EPOCHS}",
+            "early_stopping_patience=100",
+            "progress.interval_s=0.001",  # a line within every epoch too
+        )
+        proc.wait(timeout=600)
+    output = out.read_text()
+    assert proc.returncode == 0, output[-3000:]
     results = _check_run_files(run_dir, "active")
     assert results["audited"]["test_acc"] > 0.8
     assert results["membership"]["paper"]["mint"]["auc"] > 0.6
-    offline = list((run_dir / "wandb").glob("offline-run-*"))
-    assert offline and list(offline[0].glob("*.wandb"))
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ("dataset=nope", "unknown dataset 'nope'"),
-        ("model=nope", "unknown model 'nope'"),
-        ("mint.taps=[99]", "out of range"),
-        ("mint.mode=sometimes", "mint.mode='sometimes' is unknown"),
-    ],
-)
-def test_bad_override_is_one_line_and_exit_2(run_amint, override, message):
-    proc, _ = run_amint(*TINY, override, check=False)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert message in lines[-1] and lines[-1].startswith("error: ")
-    assert "Traceback" not in proc.stderr
+    story = (run_dir / "run.log").read_text()
+    for text in (output, story):
+        epoch_lines = [line for line in text.splitlines() if "val/aud_acc" in line]
+        assert len(epoch_lines) == EPOCHS, text[-3000:]
+        for n, line in enumerate(epoch_lines, 1):
+            assert re.search(rf"joint epoch {n}/{EPOCHS} step (\d+)/\1 \| \d+ samples/s", line)
+            assert re.search(r"elapsed \S+ ETA \S+ \| train/loss [\d.]+ ", line)
+            assert re.search(r"val/paper/mint_auc [\d.]+", line)
+        within = re.findall(rf"joint epoch \d/{EPOCHS} step (\d+)/(\d+) ", text)
+        assert any(int(done) < int(per_epoch) for done, per_epoch in within)
+    # Lightning's Rich bar draws only on a terminal: nothing of it in the file.
+    assert "━" not in output.split("results:")[0]
+    # The story: config choices, data and split sizes, the table, where the files are.
+    assert "mint=active" in story and "model=small_cnn" in story
+    sizes = results["split_sizes"]
+    assert f"members_seen {sizes['members_seen']}" in story
+    assert f"nonmembers_eval {sizes['nonmembers_eval']}" in story
+    auc = results["membership"]["paper"]["mint"]["auc"]
+    table = story[story.index("results:") :]
+    assert "MINT head" in table and f"{auc:.3f}" in table
+    assert f"run directory: {run_dir}" in story and "wandb sync" in story
+    # W&B wrote its offline run, quietly: nothing of it after the table.
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb"))
+    assert "wandb:" not in output[output.index("results:") :] and "Run summary" not in output
+    status = json.loads((run_dir / STATUS_FILE).read_text())
+    assert status["state"] == "completed" and isinstance(status["pid"], int) and status["host"]
+    assert (status["epoch"], status["max_epochs"], status["phase"]) == (EPOCHS, EPOCHS, "joint")
+    assert status["metrics"]["val/aud_acc"] == pytest.approx(
+        float(epoch_lines[-1].split("val/aud_acc ")[1].split()[0]), abs=1e-4
+    )
