@@ -53,7 +53,8 @@ def test_mobilenet_learns_28x28_digits_and_evaluates_as_it_trained(run_amint):
 
 
 def test_paper_preset_runs(run_amint):
-    _, run_dir = run_amint("experiment=paper", "debug=fast")
+    # One epoch: the preset (its 1024/2048-wide head) runs end to end.
+    _, run_dir = run_amint("experiment=paper", "debug=fast", "trainer.max_epochs=1")
     results = read_results(run_dir)
     assert results["status"] == "completed" and results["mint_mode"] == "active"
     assert 0.0 <= results["membership"]["paper"]["mint"]["auc"] <= 1.0

@@ -198,9 +198,15 @@ def few_members():
     return _digits(SplitSizes(60, 0.2, 150, 100))
 
 
-def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, tmp_path):
+@pytest.fixture(scope="module")
+def four_epochs(few_members, tmp_path_factory):
+    """A 4-epoch fit on few_members: (recorded batches, datamodule, trainer)."""
+    return _fit(few_members, 4, tmp_path_factory.mktemp("four_epochs"))
+
+
+def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, four_epochs):
     _, splits = few_members
-    epochs, dm, _ = _fit(few_members, 4, tmp_path)
+    epochs, dm, _ = four_epochs
     assert len(epochs) == 4
     members, external = set(splits.members.tolist()), set(splits["external"].tolist())
     ext = ROLE_CODES["external"]
@@ -223,8 +229,8 @@ def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, tmp_path
     }
 
 
-def test_a_resumed_run_continues_the_same_sequence_of_batches(few_members, tmp_path):
-    whole, dm_whole, _ = _fit(few_members, 4, tmp_path / "whole")
+def test_a_resumed_run_continues_the_same_sequence_of_batches(few_members, four_epochs, tmp_path):
+    whole, dm_whole, _ = four_epochs
     first, _, _ = _fit(few_members, 2, tmp_path / "stopped")
     rest, dm_rest, _ = _fit(
         few_members, 4, tmp_path / "stopped", tmp_path / "stopped" / "last.ckpt"
