@@ -36,7 +36,6 @@ predicted class, P(member) from the MINT head, and the decision (P >= threshold)
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import math
 import os
@@ -49,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from amint_pl.checkpoints import load_checkpoint
 from amint_pl.errors import AmintError, CheckpointError, ConfigError, CorruptDataError, SplitError
 
 if TYPE_CHECKING:
@@ -131,28 +131,6 @@ def parse_args(argv: Sequence[str]) -> AuditRequest:
 
 # ---------------------------------------------------------------------------------------------
 # The checkpoint
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (weights_only) and check that amint_pl wrote it, unchanged."""
-    import torch
-
-    from amint_pl.validation import check_checkpoint
-
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} does not exist: give a .ckpt from a run's checkpoints/<phase>/"
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = " ".join(str(err).split())[:160] or type(err).__name__
-        raise CheckpointError(
-            f"{path} is not a checkpoint amint_pl wrote (it does not load as plain weights: "
-            f"{reason}): use a checkpoint from an amint_pl run's checkpoints/ folder"
-        ) from err
-    check_checkpoint(checkpoint, path)
-    return checkpoint
 
 
 def build_module(checkpoint: dict[str, Any], path: Path, device: str) -> AMINTModule:
@@ -239,15 +217,6 @@ class Classes:
         return f"its {len(self.names)} classes are {shown}"
 
 
-def _pools_are_image_files(dataset_name: str) -> bool:
-    """Whether the data set's reader hands back image files (decoded and resized by Pillow,
-    `decode_image`) rather than arrays (resized by `resize_images`): read from its signature."""
-    from amint_pl.data.benchmarks import READERS
-
-    reader = READERS.get(dataset_name)
-    return reader is not None and "ImageFiles" in str(inspect.signature(reader).return_annotation)
-
-
 def _decode_native(path: Path, channels: int) -> np.ndarray:
     """One image file at its own size -> uint8 (channels, H, W)."""
     from PIL import Image, UnidentifiedImageError
@@ -265,10 +234,10 @@ def read_image_files(
     paths: Sequence[Path], channels: int, size: int, dataset_name: str
 ) -> np.ndarray:
     """Image files -> uint8 (N, channels, size, size), decoded and resized as the pools were."""
-    from amint_pl.data.benchmarks import resize_images
+    from amint_pl.data.benchmarks import IMAGE_FILE_DATASETS, resize_images
     from amint_pl.data.cache import decode_image
 
-    if _pools_are_image_files(dataset_name):
+    if dataset_name in IMAGE_FILE_DATASETS:
         return np.stack([decode_image(p, channels, size) for p in paths])
     return np.concatenate([resize_images(_decode_native(p, channels)[None], size) for p in paths])
 
@@ -478,7 +447,8 @@ def load_run_splits(
 
 def read_split(roles: Sequence[str], splits: MembershipSplits, benchmark: Benchmark) -> Samples:
     """The samples of some roles of the run's splits, in the order the run scored them."""
-    from amint_pl.data.datamodule import POOL_NAMES, ROLE_NAMES, catalogue
+    from amint_pl.data.datamodule import catalogue
+    from amint_pl.data.splits import POOL_NAMES, ROLE_NAMES
 
     pool_id, index, role = catalogue(splits, roles)
     pools = (benchmark.train, benchmark.test)
@@ -529,10 +499,12 @@ def score(module: AMINTModule, samples: Samples, batch_size: int) -> tuple[np.nd
 
 
 def membership_probability(mint_logits: np.ndarray) -> np.ndarray:
-    """P(member) as the run's report computes it (sigmoid in float64)."""
+    """P(member) as the run's report computes it."""
     import torch
 
-    return torch.sigmoid(torch.from_numpy(mint_logits).double()).numpy()
+    from amint_pl.models.outputs import member_probability
+
+    return member_probability(torch.from_numpy(mint_logits)).numpy()
 
 
 def _final_phase_checkpoint(results: dict[str, Any], run_dir: Path) -> Path | None:
@@ -633,7 +605,7 @@ def audit(request: AuditRequest) -> dict[str, Any]:
     device = request.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    checkpoint = load_checkpoint(request.checkpoint)
+    checkpoint = load_checkpoint(request.checkpoint)  # refuses a foreign or changed file
     hparams = checkpoint["hyper_parameters"]
     config = hparams["config"]
     try:
@@ -658,11 +630,7 @@ def audit(request: AuditRequest) -> dict[str, Any]:
         if split_role not in (*known, "all"):
             raise ConfigError(f"inputs={request.inputs}: use split:<{' | '.join(known)} | all>")
         splits, benchmark = load_run_splits(run_dir, checkpoint, request.checkpoint)
-        from amint_pl.data.datamodule import SCORED_ROLES
-
-        samples = read_split(
-            SCORED_ROLES if split_role == "all" else (split_role,), splits, benchmark
-        )
+        samples = read_split(ROLES if split_role == "all" else (split_role,), splits, benchmark)
     else:
         samples = read_inputs(request.inputs, hparams, request.labels)
 

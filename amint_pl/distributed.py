@@ -4,7 +4,7 @@ Lightning's `ddp` starts ranks 1..N-1 by re-running the command line, and leaves
 environment (MASTER_ADDR, LOCAL_RANK, WORLD_SIZE, ...) and its process group behind in the
 launching process. Inside a Hydra multirun that re-runs the whole sweep in each child, and the
 next job finds LOCAL_RANK set, starts no processes and trains in a 1-process group while the
-trainer still reports N, silently (ARCHITECTURE.md section 5). `JobProcesses` wraps one job:
+trainer still reports N, silently. `JobProcesses` wraps one job:
 
 - before it, under `-m`, the command a rank re-runs is this job alone (its own overrides, its own
   run directory), not the sweep;
@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from omegaconf import read_write
 
-from amint_pl.data.datamodule import ROLE_CODES
+from amint_pl.data.splits import ROLE_CODES
 from amint_pl.errors import ConfigError
 
 # What a Lightning DDP launch writes into the launching process's environment.
@@ -51,6 +51,13 @@ CHILD_EXIT_TIMEOUT_S = 60.0
 # Strategies whose ranks > 0 Lightning starts by re-running the command line.
 RERUN_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
 ENTRY_MODULE = "amint_pl.run"
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the global rank 0 (the one that writes a run's files)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
 
 
 def is_distributed() -> bool:

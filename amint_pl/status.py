@@ -94,3 +94,65 @@ def where(status: dict[str, Any]) -> str:
     if status.get("state") == "running" and status.get("eta_s") is not None:
         text += f", ETA {duration(status['eta_s'])}"
     return f"{text}, updated {status.get('updated', '?')}".lstrip(", ")
+
+
+# What a run does, in order: results.json of a run that stopped names the stage it was in.
+STAGES = ("starting", "validating", "caching", "splitting", "training", "evaluating", "reporting")
+# A developer's hook: with AMINT_PAUSE_AT_STAGE=<stage> a run waits at the start of that stage
+# until a signal ends it (the tests stop runs there, one stage after another).
+PAUSE_ENV = "AMINT_PAUSE_AT_STAGE"
+
+
+class Stages:
+    """Where a run is: `enter` records a stage (and e.g. its phase) in the run's results, its
+    status.json and its log.
+
+    Args:
+        results: the run's results.json content, being built.
+        status: the run's status file.
+        rank_zero: whether this process is the global rank 0 (the only one that pauses).
+    """
+
+    def __init__(self, results: dict[str, Any], status: RunStatus, rank_zero: bool) -> None:
+        self.results, self.status, self.rank_zero = results, status, rank_zero
+
+    def enter(self, stage: str, **where: Any) -> None:
+        import logging
+        import sys
+
+        self.results.update(stage=stage, **where)
+        self.status.update(stage=stage, **where)  # later stages keep the last phase trained
+        phase = f" ({where['phase']})" if where.get("phase") else ""
+        logging.getLogger("amint_pl.run").info("stage %s%s", stage, phase)
+        if os.environ.get(PAUSE_ENV) == stage and self.rank_zero:
+            print(f"paused at stage {stage} ({PAUSE_ENV})", file=sys.stderr, flush=True)
+            while True:
+                time.sleep(0.05)
+
+
+class StopOnSigterm:
+    """While a run runs, SIGTERM (what schedulers send before they kill a job) raises Lightning's
+    SIGTERMException wherever the run is, so that every stage ends through the failure path:
+    results.json and the resume command. Inside `trainer.fit` Lightning's own handler runs first
+    (it stops DDP processes) and then this one."""
+
+    def __enter__(self) -> StopOnSigterm:
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+        return self
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        raise SIGTERMException
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)

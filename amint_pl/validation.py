@@ -1,55 +1,162 @@
-"""Validation at the edge: a run's config before any data is decoded, and checkpoints on load.
+"""Validation at the edge, before any data is decoded: the command line, then the composed config.
 
-`validate_config` checks everything a user can get wrong on the command line (data set, model and
-taps, mint mode, loggers, split sizes, batch size, epochs, optimiser, monitor, ckpt_path) and
-raises `ConfigError` with one line naming the fix. It builds the backbone and MINT head on the
-`meta` device, so taps are checked against the real model for the price of a shape pass.
-Split sizes against the pools are checked by `build_splits` once the pools are known (for the
-embedded digits right after loading), still before training.
+The command line (`check_command_line`, before Hydra starts): a config group option that does not
+exist, a launcher whose plugin is missing, a run directory that already holds a run, a resume
+without its run directory, and a misspelt or undeclared key (the config is composed once).
 
-Checkpoints: `seal_checkpoint` adds the amint_pl version and a SHA-256 digest of the weights and of
-the config that rebuilds the model; `check_checkpoint` refuses a file without them or whose digest
-no longer matches (`CheckpointError`), and `check_resumable` refuses to resume a run with a
-config that would change its result.
+The run config (`validate_config`): everything a user can get wrong (data set, model and taps,
+mint mode, loggers, split sizes, batch size, epochs, optimiser, monitor, attack, ckpt_path), with
+one line naming the fix (`ConfigError`). It builds the backbone and MINT head on the `meta`
+device, so taps are checked against the real model for the price of a shape pass. Split sizes
+against the pools are checked by `build_splits` once the pools are known (for the embedded digits
+right after loading), still before training. The builders trust what it checked.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import importlib.util
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from amint_pl.errors import AmintError, CheckpointError, ConfigError
+from amint_pl import config_dir
+from amint_pl.errors import AmintError, ConfigError
+from amint_pl.training.resume import RUN_CONFIG
 
-# What `seal_checkpoint` adds to a checkpoint.
-VERSION_KEY = "amint_pl_version"
-DIGEST_KEY = "amint_digest"
-# Checkpoint entries the digest covers besides the weights and the hyper-parameters.
-SEALED_KEYS = (VERSION_KEY, "amint_phase", "amint_split_fingerprint")
-# Config keys a resumed run may change: where files live, what is logged and shown, and how
-# long it trains. Anything else would make the resumed run differ from the one it continues, so it
-# is refused, even what changes numbers only in their last digits (trainer.accelerator,
-# trainer.deterministic, eval_batch_size: the batches that score samples) and the evaluation
-# (attack: the resumed results.json would not be the uninterrupted run's).
-RESUMABLE_KEYS = (
-    "trainer.max_epochs",
-    "mint.head_max_epochs",
-    "early_stopping_patience",
-    "ckpt_path",
-    "paths",
+CONFIG_GROUPS = (
+    "dataset",
+    "model",
+    "mint",
+    "optim",
+    "trainer",
     "logger",
-    "trainer.enable_progress_bar",
-    "progress",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "dataset.root",
-    "dataset.cache_dir",
-    "dataset.test_root",
-    "dataset.download",
+    "paths",
+    "experiment",
+    "debug",
+    "sweep",
 )
+# hydra/launcher options whose plugin comes with the `cluster` extra.
+LAUNCHER_PLUGINS = {
+    "joblib": "hydra_plugins.hydra_joblib_launcher",
+    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml."""
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def _override_key(arg: str) -> str:
+    return arg.lstrip("+~").partition("=")[0]
+
+
+def with_timm_config(args: list[str]) -> list[str]:
+    """`model.name=<timm name>` alone selects conf/model/timm.yaml (the default model's config
+    holds small_cnn's own arguments), unless a model config or an experiment is chosen."""
+    keys = {_override_key(arg) for arg in args if "=" in arg}
+    names = [arg.partition("=")[2] for arg in args if _override_key(arg) == "model.name"]
+    if not names or keys & {"model", "experiment"} or names == ["small_cnn"]:
+        return args
+    return ["model=timm", *args]
+
+
+def with_optim_group(args: list[str]) -> list[str]:
+    """`optim.name=<adam | adamw | sgd>` (the setting's earlier spelling) is the optimiser's config
+    group option: optim=<name>."""
+    return [
+        f"optim={arg.partition('=')[2]}" if arg.lstrip("+").startswith("optim.name=") else arg
+        for arg in args
+    ]
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Refuse, before Hydra composes anything, a group option that does not exist or a run
+    directory that already holds a run (nothing a user has is overwritten)."""
+    given = dict(
+        arg.lstrip("+~").partition("=")[::2]
+        for arg in overrides
+        if "=" in arg and not arg.startswith("-")
+    )
+    for group in CONFIG_GROUPS:
+        if group not in given:
+            continue
+        for option in given[group].strip("[]").split(","):  # a sweep a,b or a list [a,b]
+            if option in ("", "null") or (config_dir() / group / f"{option}.yaml").is_file():
+                continue
+            hint = " (or model.name=<any timm model name>)" if group == "model" else ""
+            raise ConfigError(
+                f"unknown {group} '{option}': choose one of {', '.join(group_options(group))}{hint}"
+            )
+    launcher = given.get("hydra/launcher", "")
+    if (
+        launcher in LAUNCHER_PLUGINS
+        and importlib.util.find_spec(LAUNCHER_PLUGINS[launcher]) is None
+    ):
+        raise ConfigError(f'hydra/launcher={launcher} needs its plugin: pip install ".[cluster]"')
+    run_dir = given.get("hydra.run.dir", "").strip("\"'")
+    resuming = given.get("ckpt_path", "null") not in ("null", "")
+    # DDP ranks > 0 re-run this command inside the run directory their rank 0 made: rank 0 checked.
+    rank_zero = os.environ.get("LOCAL_RANK", "0") == "0"
+    if (
+        rank_zero
+        and run_dir
+        and not resuming
+        and Path(run_dir).is_dir()
+        and any(Path(run_dir).iterdir())
+    ):
+        raise ConfigError(
+            f"{run_dir} already holds a run: pick a new hydra.run.dir, or resume it with ckpt_path=last"
+        )
+    if (
+        rank_zero
+        and given.get("ckpt_path") == "last"
+        and not (run_dir and (Path(run_dir) / RUN_CONFIG).is_file())
+    ):
+        raise ConfigError(
+            "ckpt_path=last resumes a run in its own directory: add hydra.run.dir=<the run directory> "
+            f"(the one holding {RUN_CONFIG})"
+        )
+
+
+def check_keys(args: list[str]) -> None:
+    """Compose the config once with the plain overrides, so that a misspelt or undeclared key is
+    one line naming the fix instead of Hydra's report (sweeps, -m, are composed by Hydra alone)."""
+    if any(arg in ("-m", "--multirun") for arg in args):
+        return
+    overrides = [
+        arg
+        for arg in args
+        if "=" in arg and not arg.startswith(("-", "hydra.", "hydra/", "+hydra", "~hydra"))
+    ]
+    if not overrides:
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        try:
+            compose("run", overrides=overrides)
+        except ConfigCompositionException as err:
+            cause = str(err.__cause__ or "").strip().splitlines()
+            reason = " ".join([str(err).strip().splitlines()[0], *cause[:1]])
+            raise ConfigError(
+                f"{reason}: check the spelling (python -m amint_pl.run --cfg job prints every "
+                "setting), or add a new key with a leading +"
+            ) from err
+
+
+def check_command_line(args: list[str]) -> None:
+    """Every check of a command line before Hydra starts (ConfigError naming the fix)."""
+    check_overrides(args)
+    check_keys(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,16 +295,9 @@ def _check_mint(cfg: Mapping[str, Any]) -> None:
 
 
 def _check_loggers(loggers: Mapping[str, Any] | None) -> None:
-    from importlib import resources
-
     from hydra.utils import get_class
 
-    shipped = sorted(
-        p.name[: -len(".yaml")]
-        for p in (resources.files("amint_pl") / "conf" / "logger").iterdir()
-        if p.name.endswith(".yaml")
-    )
-    fix = f"use logger=<{' | '.join(shipped)}>"
+    fix = f"use logger=<{' | '.join(group_options('logger'))}>"
     for name, node in (loggers or {}).items():
         if node is None:
             continue
@@ -208,11 +308,18 @@ def _check_loggers(loggers: Mapping[str, Any] | None) -> None:
             get_class(str(target))
         except Exception as err:
             raise ConfigError(f"logger '{name}': cannot import {target}: {fix}") from err
+        tensorboard = ("tensorboard", "tensorboardX")
+        if str(target).endswith("TensorBoardLogger") and not any(map(_installed, tensorboard)):
+            raise ConfigError(
+                "logger=tensorboard needs TensorBoard: pip install tensorboard (or pick logger=csv)"
+            )
+
+
+def _installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
 
 
 def _check_training(cfg: Mapping[str, Any]) -> None:
-    from amint_pl.training.module import OPTIMIZERS
-
     batch = cfg.get("batch_size")
     # batch_size is per device (run.yaml): each device's batch is half members, half external,
     # so it must split in two; the global batch (batch_size x devices) then always divides.
@@ -233,15 +340,35 @@ def _check_training(cfg: Mapping[str, Any]) -> None:
     patience = cfg.get("early_stopping_patience")
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
         raise ConfigError(f"early_stopping_patience={patience} must be an integer >= 0")
-    optim = cfg.get("optim") or {}
-    if optim.get("name") not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={optim.get('name')}: use one of {', '.join(OPTIMIZERS)}")
+    _check_optim(cfg.get("optim") or {})
+
+
+def _check_optim(optim: Mapping[str, Any]) -> None:
+    """conf/optim/*.yaml: a torch optimiser's class and settings, built once on a probe."""
+    import torch
+    from hydra.utils import get_class, instantiate
+
+    fix = f"use optim=<{' | '.join(group_options('optim'))}>"
+    target = optim.get("_target_")
+    try:
+        optimiser = get_class(str(target))
+    except Exception as err:
+        raise ConfigError(f"optim._target_={target} cannot be imported: {fix}") from err
+    if not (isinstance(optimiser, type) and issubclass(optimiser, torch.optim.Optimizer)):
+        raise ConfigError(f"optim._target_={target} is no torch optimiser: {fix}")
+    if optim.get("_partial_") is not True:
+        raise ConfigError("optim._partial_ must be true (the parameters come per phase): " + fix)
     _number(
         optim.get("lr"), "optim.lr", 0.0, False, "must be a positive number, e.g. optim.lr=1e-3"
     )
     _number(
         optim.get("weight_decay", 0.0), "optim.weight_decay", 0.0, True, "must be a number >= 0"
     )
+    try:
+        instantiate(dict(optim))([torch.nn.Parameter(torch.zeros(1))])
+    except Exception as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise ConfigError(f"optim: {target} cannot be built ({reason}): {fix}") from err
 
 
 def _check_bootstrap(bootstrap: Mapping[str, Any]) -> None:
@@ -257,6 +384,21 @@ def _check_bootstrap(bootstrap: Mapping[str, Any]) -> None:
         or not (0 < confidence < 1)
     ):
         raise ConfigError(f"bootstrap.confidence={confidence} must lie in (0, 1), e.g. 0.95")
+
+
+def _check_attack(attack: Mapping[str, Any]) -> None:
+    """The reference-model attack's settings (checked when it is on)."""
+    if not attack.get("reference"):
+        return
+    from amint_pl.evaluation.reference import check_rmia_settings
+
+    check_rmia_settings(float(attack["offline_a"]), float(attack["gamma"]))
+    if float(attack["temperature"]) <= 0:
+        raise ConfigError(f"attack.temperature={attack['temperature']} must be positive")
+    _positive_int(attack.get("reference_models"), "attack.reference_models", " (K models)")
+    fraction = attack.get("population_fraction")
+    if not 0.0 < float(fraction) < 1.0:
+        raise ConfigError(f"attack.population_fraction={fraction} must lie in (0, 1)")
 
 
 def _check_progress(progress: Mapping[str, Any]) -> None:
@@ -303,113 +445,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     _check_training(cfg)
     _check_bootstrap(cfg.get("bootstrap") or {})
     _check_progress(cfg.get("progress") or {})
+    _check_attack(cfg.get("attack") or {})
     _check_splits(cfg["dataset"]["splits"], int(cfg["seed"]))
     _check_mint(cfg)
     _check_loggers(cfg.get("logger"))
     _check_ckpt_path(cfg.get("ckpt_path"))
     _check_model(cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def checkpoint_digest(checkpoint: Mapping[str, Any]) -> str:
-    """SHA-256 of a checkpoint's weights, hyper-parameters (the config that rebuilds the model),
-    phase, split fingerprint and amint_pl version."""
-    import torch
-
-    digest = hashlib.sha256()
-    for key in SEALED_KEYS:
-        digest.update(f"{key}={checkpoint.get(key)!r}\n".encode())
-    hparams = json.dumps(checkpoint["hyper_parameters"], sort_keys=True, default=str)
-    digest.update(hparams.encode())
-    for name, value in sorted(checkpoint["state_dict"].items()):
-        if not isinstance(value, torch.Tensor):
-            digest.update(f"{name}={value!r}\n".encode())
-            continue
-        tensor = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tensor.dtype}:{tuple(value.shape)}\n".encode())
-        digest.update(tensor.view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
-def seal_checkpoint(checkpoint: dict[str, Any]) -> None:
-    """Mark a checkpoint as amint_pl's: its version and the digest that `check_checkpoint` checks."""
-    from amint_pl import __version__
-
-    checkpoint[VERSION_KEY] = __version__
-    checkpoint[DIGEST_KEY] = checkpoint_digest(checkpoint)
-
-
-def check_checkpoint(checkpoint: Any, source: str | Path) -> None:
-    """Refuse a checkpoint amint_pl did not write, or one changed since (CheckpointError)."""
-    required = (VERSION_KEY, DIGEST_KEY, "state_dict", "hyper_parameters", "amint_phase")
-    if not isinstance(checkpoint, Mapping) or any(k not in checkpoint for k in required):
-        raise CheckpointError(
-            f"{source} was not written by amint_pl (it has no {DIGEST_KEY}): use a checkpoint "
-            "from an amint_pl run's checkpoints/ folder"
-        )
-    try:
-        digest = checkpoint_digest(checkpoint)
-    except Exception as err:
-        raise CheckpointError(
-            f"{source} is not a readable amint_pl checkpoint ({type(err).__name__}: {err}): use "
-            "a checkpoint from an amint_pl run's checkpoints/ folder"
-        ) from err
-    if digest != checkpoint[DIGEST_KEY]:
-        raise CheckpointError(
-            f"{source} was changed after amint_pl wrote it (its weights or config no longer match "
-            "its digest): use the run's original checkpoint"
-        )
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, Mapping):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def check_same_experiment(saved: Mapping[str, Any], config: Mapping[str, Any], source: str) -> None:
-    """Refuse to resume with a config that differs from `saved` (the config `source` was trained
-    with) outside `RESUMABLE_KEYS`: ConfigError naming the first difference and what may change."""
-    before, now = _flatten(saved), _flatten(config)
-
-    def resumable(key: str) -> bool:
-        return any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)
-
-    changed = sorted(
-        k
-        for k in set(before) | set(now)
-        if not resumable(k) and _normalised(before.get(k)) != _normalised(now.get(k))
-    )
-    if changed:
-        key = changed[0]
-        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
-        raise ConfigError(
-            f"ckpt_path: {source} was trained with {key}={before.get(key)!r}, not "
-            f"{now.get(key)!r}{more}: resume with the run's own settings (give only what changes; "
-            f"a resume may change {', '.join(RESUMABLE_KEYS)})"
-        )
-
-
-def check_resumable(
-    checkpoint: Mapping[str, Any], config: Mapping[str, Any], split_fingerprint: str
-) -> None:
-    """Refuse to resume from a checkpoint trained on other splits or with a config that differs
-    outside `RESUMABLE_KEYS` (ConfigError naming the first difference)."""
-    saved_fingerprint = checkpoint.get("amint_split_fingerprint")
-    if split_fingerprint and saved_fingerprint != split_fingerprint:
-        raise ConfigError(
-            "ckpt_path: the checkpoint was trained on other membership splits than this run's "
-            "splits.npz: resume it in its own run directory (hydra.run.dir=<that run>)"
-        )
-    saved = checkpoint["hyper_parameters"].get("config", {})
-    check_same_experiment(saved, config, "the run")
-
-
-def _normalised(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value

@@ -57,19 +57,25 @@ from torch.utils.data import DataLoader
 
 from amint_pl.data.benchmarks import Benchmark, Pool
 from amint_pl.data.datamodule import (
-    ROLE_CODES,
     BalancedBatchSampler,
     IndexedSamples,
     MembershipDataModule,
     catalogue,
 )
-from amint_pl.data.splits import TRAIN_POOL_ROLES, MembershipSplits, SplitSizes, build_splits
+from amint_pl.data.splits import (
+    ROLE_CODES,
+    TRAIN_POOL_ROLES,
+    MembershipSplits,
+    SplitSizes,
+    build_splits,
+)
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.models.backbones import backbone_from_config
 from amint_pl.models.mint_head import mint_head_from_config
-from amint_pl.run import _quiet_lightning, versions
+from amint_pl.record import versions
 from amint_pl.training.losses import LossWeighting
-from amint_pl.training.module import AMINTModule, role_positions
+from amint_pl.training.module import AMINTModule, mint_loss, role_positions
+from amint_pl.training.phases import quiet_lightning
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # --quick's figures are no measurement: they go to a scratch folder unless --out says otherwise.
@@ -431,7 +437,7 @@ def raw_run(
                         logits.index_select(0, members), labels.index_select(0, members)
                     )
                     # the MINT loss itself (class-balanced BCE) from its one definition
-                    bce = AMINTModule._mint_loss(head(taps, logits, labels), role, targets)
+                    bce = mint_loss(head(taps, logits, labels), role, targets)
                     loss = weighting(ce, bce)
                 optimizer.zero_grad()
                 loss.backward()
@@ -978,7 +984,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = torch.device(settings.device)
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    _quiet_lightning()
+    quiet_lightning()
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings(
         "ignore", message=".*(max_epochs|does not have many workers|LeafSpec).*"

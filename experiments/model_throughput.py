@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 from amint_pl.models.backbones import backbone_from_config
 from amint_pl.models.mint_head import mint_head_from_config
 
-CONF = Path(__file__).resolve().parents[1] / "amint_pl" / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = ("entry", "middle", "output")
 NUM_CLASSES = 10
 IMG_SIZE = 32

@@ -15,7 +15,7 @@ from typing import IO
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from amint_pl.run import config_dir
+from amint_pl import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = config_dir()

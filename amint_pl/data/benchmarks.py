@@ -21,6 +21,7 @@ from amint_pl.data.cache import cached_stats, channel_stats, materialise, resize
 # Importing the readers registers them; the names below are the data package's public interface.
 from amint_pl.data.readers import read_digits
 from amint_pl.data.sources import (
+    IMAGE_FILE_DATASETS,
     READERS,
     ArraySource,
     ImageFiles,
@@ -33,6 +34,7 @@ from amint_pl.data.sources import (
 from amint_pl.errors import ConfigError
 
 __all__ = [
+    "IMAGE_FILE_DATASETS",
     "READERS",
     "ArraySource",
     "Benchmark",
@@ -146,8 +148,6 @@ def load_benchmark(
     Returns:
         The `Benchmark`, images uint8 (N, C, H, W), memory-mapped when cached.
     """
-    if name not in READERS:
-        raise ConfigError(f"unknown dataset '{name}': choose one of {', '.join(sorted(READERS))}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ConfigError(f"dataset.image_size={image_size} must be a positive integer or null")
     root = Path(root).expanduser()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,22 +19,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from amint_pl.data.benchmarks import Benchmark, Pool
-from amint_pl.data.splits import MembershipSplits
+from amint_pl.data.splits import (
+    CALIBRATION_ROLES,
+    ROLE_CODES,
+    ROLES,
+    MembershipSplits,
+    SplitSizes,
+    load_or_build_splits,
+)
 from amint_pl.errors import ConfigError
-
-# Role codes carried by every batch (`batch["role"]`).
-ROLE_CODES = {
-    "members_seen": 0,
-    "members_unseen": 1,
-    "external": 2,
-    "nonmembers_calib": 3,
-    "nonmembers_eval": 4,
-    "members_seen_calib": 5,
-    "members_unseen_calib": 6,
-    "population": 7,
-}
-ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
-POOL_NAMES = ("train", "test")
 
 
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
@@ -241,11 +235,6 @@ def catalogue(
     return np.concatenate(pool_ids), np.concatenate(indices), np.concatenate(role_codes)
 
 
-# The calibration sets (validation during training) and every scored set (evaluation).
-CALIBRATION_ROLES = ("members_seen_calib", "members_unseen_calib", "nonmembers_calib")
-SCORED_ROLES = ("members_seen", "members_unseen", "external", "nonmembers_calib", "nonmembers_eval")
-
-
 class MembershipDataModule(L.LightningDataModule):
     """Balanced member/external training batches; calibration and scored sets for evaluation.
 
@@ -262,30 +251,58 @@ class MembershipDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        benchmark: Benchmark,
-        splits: MembershipSplits,
+        benchmark: Benchmark | None,
+        splits: MembershipSplits | None,
         batch_size: int,
         eval_batch_size: int,
         seed: int,
         on_device: bool = False,
-        scored_roles: Sequence[str] = SCORED_ROLES,
+        scored_roles: Sequence[str] = ROLES,
     ) -> None:
         super().__init__()
-        self.benchmark = benchmark
-        self.splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.on_device = on_device
+        self.scored_roles = tuple(scored_roles)
+        # {phase: {epoch: batches this rank trained on}}: kept in checkpoints, so that what a
+        # resumed run trained on before it stopped is counted too.
+        self.history: dict[str, dict[int, int]] = {}
+        self.benchmark: Benchmark | None = None
+        self.splits: MembershipSplits | None = None
+        if benchmark is not None and splits is not None:
+            self.use(benchmark, splits)
+
+    def use(self, benchmark: Benchmark, splits: MembershipSplits) -> None:
+        """Serve these pools and roles."""
+        self.benchmark, self.splits = benchmark, splits
         pools = (benchmark.train, benchmark.test)
         self.training_set = IndexedSamples(
             pools, *catalogue(splits, ("members_seen", "members_unseen", "external"))
         )
         self.calibration_set = IndexedSamples(pools, *catalogue(splits, CALIBRATION_ROLES))
-        self.scored_set = IndexedSamples(pools, *catalogue(splits, scored_roles))
-        # {phase: {epoch: batches this rank trained on}}: kept in checkpoints, so that what a
-        # resumed run trained on before it stopped is counted too.
-        self.history: dict[str, dict[int, int]] = {}
+        self.scored_set = IndexedSamples(pools, *catalogue(splits, self.scored_roles))
+
+    # What a model of this data needs to know.
+    @property
+    def num_classes(self) -> int:
+        return self.benchmark.num_classes
+
+    @property
+    def channels(self) -> int:
+        return self.benchmark.channels
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.benchmark.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.benchmark.std
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.benchmark.class_names
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -390,3 +407,53 @@ class MembershipDataModule(L.LightningDataModule):
         return self._loader(
             self.scored_set, ShardedBatches(len(self.scored_set), self.eval_batch_size, rank, world)
         )
+
+
+class RunDataModule(MembershipDataModule):
+    """A run's data, loaded by the DataModule itself: `prepare_data` reads the benchmark (decoding
+    it into the cache the first time) and builds the run's splits.npz, or reloads it (checked
+    against the pools); `setup` serves them. Both run once, however often Lightning calls them.
+
+    Args:
+        dataset: the run config's `dataset` node (`conf/dataset/*.yaml`).
+        sizes: the role sizes (`dataset.splits`).
+        splits_path: the run's splits.npz.
+        write_splits: whether this process saves a new splits.npz (global rank 0 only).
+        on_stage: called with "caching", then "splitting", as each begins (the run's record).
+        The rest: as `MembershipDataModule`.
+    """
+
+    def __init__(
+        self,
+        dataset: Mapping[str, Any],
+        sizes: SplitSizes,
+        splits_path: Path,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        write_splits: bool = True,
+        on_stage: Callable[[str], None] = lambda stage: None,
+    ) -> None:
+        super().__init__(
+            None, None, batch_size, eval_batch_size, seed, bool(dataset.get("on_device", False))
+        )
+        self.dataset, self.sizes, self.splits_path = dataset, sizes, Path(splits_path)
+        self.write_splits, self.on_stage = write_splits, on_stage
+
+    def prepare_data(self) -> None:
+        if self.benchmark is not None:
+            return
+        from amint_pl.data.benchmarks import benchmark_from_config
+
+        self.on_stage("caching")
+        benchmark = benchmark_from_config(self.dataset)
+        self.on_stage("splitting")
+        pools = (len(benchmark.train), len(benchmark.test))
+        splits = load_or_build_splits(
+            self.splits_path, *pools, self.sizes, self.seed, self.write_splits
+        )
+        self.use(benchmark, splits)
+
+    def setup(self, stage: str) -> None:
+        self.prepare_data()
+        super().setup(stage)

@@ -369,7 +369,7 @@ def class_folders(root: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
 
 
-@register_reader("gtsrb")
+@register_reader("gtsrb", image_files=True)
 def read_gtsrb(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles]:
     """GTSRB: 43 classes of traffic-sign .ppm images (15 to 250 px), 26,640 train, 12,630 test."""
     base = request.root / "gtsrb"
@@ -424,7 +424,7 @@ def tiny_imagenet_base(root: Path) -> Path:
     return nested
 
 
-@register_reader("tiny_imagenet")
+@register_reader("tiny_imagenet", image_files=True)
 def read_tiny_imagenet(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles]:
     """Tiny ImageNet: 200 classes of 64x64 JPEGs, 100k train; its labelled val set (10k) is the test pool.
 
@@ -485,7 +485,7 @@ def read_tiny_imagenet(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles]:
     )
 
 
-@register_reader("imagefolder")
+@register_reader("imagefolder", image_files=True)
 def read_imagefolder(request: ReaderRequest) -> tuple[ImageFiles, ImageFiles | None]:
     """Any root/<class>/**/<image> tree (CASIA-WebFace, a user's own data), torchvision's ImageFolder order.
 

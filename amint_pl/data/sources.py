@@ -115,13 +115,19 @@ class ReaderRequest:
 # split: `load_benchmark` then cuts one from the train pool with `dataset.cut_seed`).
 Reader = Callable[[ReaderRequest], tuple[Source, Source | None]]
 READERS: dict[str, Reader] = {}
+# The data sets whose readers hand back `ImageFiles` (decoded and resized by Pillow, as `audit`
+# must decode its inputs too) rather than arrays (resized by `resize_images`).
+IMAGE_FILE_DATASETS: set[str] = set()
 
 
-def register_reader(name: str) -> Callable[[Reader], Reader]:
-    """Decorator: make a reader available as `dataset.name=<name>`."""
+def register_reader(name: str, image_files: bool = False) -> Callable[[Reader], Reader]:
+    """Decorator: make a reader available as `dataset.name=<name>`; `image_files`: it returns
+    `ImageFiles`."""
 
     def add(reader: Reader) -> Reader:
         READERS[name] = reader
+        if image_files:
+            IMAGE_FILE_DATASETS.add(name)
         return reader
 
     return add

@@ -1,6 +1,6 @@
 """Membership splits: the roles of every sample, built once from one seed, saved and checked.
 
-Roles (all disjoint; see ARCHITECTURE.md section 3):
+Roles (all disjoint):
 
 - from the train pool: `members_seen` (audited CE + MINT positives), `members_unseen` (audited CE
   only: the strict protocol's members), `external` (MINT negatives), `population` (never touched
@@ -22,12 +22,30 @@ import numpy as np
 
 from amint_pl.errors import SplitError
 
+# Every role a run scores and reports (the evaluation's scored sets).
 ROLES = ("members_seen", "members_unseen", "external", "nonmembers_calib", "nonmembers_eval")
+# The calibration slice of each member role: the role it is a slice of.
 CALIB_SLICES = {"members_seen_calib": "members_seen", "members_unseen_calib": "members_unseen"}
+# The calibration sets (validation during training).
+CALIBRATION_ROLES = (*CALIB_SLICES, "nonmembers_calib")
 TRAIN_POOL_ROLES = ("members_seen", "members_unseen", "external", "population")
 # Roles a splits file may lack (files written before the role existed): they load empty.
 OPTIONAL_ROLES = ("population",)
 PROTOCOLS = {"paper": "members_seen", "strict": "members_unseen"}
+# Role codes carried by every batch (`batch["role"]`).
+ROLE_CODES = {
+    "members_seen": 0,
+    "members_unseen": 1,
+    "external": 2,
+    "nonmembers_calib": 3,
+    "nonmembers_eval": 4,
+    "members_seen_calib": 5,
+    "members_unseen_calib": 6,
+    "population": 7,
+}
+ROLE_NAMES = {code: name for name, code in ROLE_CODES.items()}
+# The two pools, by the code every batch carries (`batch["pool"]`).
+POOL_NAMES = ("train", "test")
 
 
 def fingerprint(indices: np.ndarray) -> str:
@@ -211,3 +229,23 @@ def build_splits(n_train: int, n_test: int, sizes: SplitSizes, seed: int) -> Mem
     }
     indices = {role: np.sort(idx).astype(np.int64) for role, idx in indices.items()}
     return MembershipSplits(indices, seed, {"train": n_train, "test": n_test})
+
+
+def load_or_build_splits(
+    path: Path, n_train: int, n_test: int, sizes: SplitSizes, seed: int, write: bool = True
+) -> MembershipSplits:
+    """A run's splits: its splits.npz when there is one (checked against the pools), else drawn
+    now and saved there (atomically; `write` False: not saved, e.g. on DDP ranks > 0)."""
+    if path.exists():
+        splits = MembershipSplits.load(path)
+        if splits.pool_sizes and splits.pool_sizes != {"train": n_train, "test": n_test}:
+            raise SplitError(
+                f"{path} was built for pools {splits.pool_sizes}, the data set now has {n_train}/{n_test}"
+            )
+        return splits
+    splits = build_splits(n_train, n_test, sizes, int(seed))
+    if write:
+        tmp = path.with_name(f"{path.stem}.tmp.npz")
+        splits.save(tmp)
+        tmp.replace(path)
+    return splits

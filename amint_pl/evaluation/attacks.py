@@ -13,13 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from amint_pl.models.outputs import true_label_log_probability
+
 CLASSIC_ATTACKS = ("loss", "confidence", "entropy", "modified_entropy")
-
-
-def loss_score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The LOSS attack's score (Yeom et al.) of each sample, in double precision: minus the
-    cross-entropy of the true label, i.e. log p(true label); exp() of it is that probability."""
-    return -F.cross_entropy(logits.double(), labels, reduction="none")
 
 
 def classic_attack_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, np.ndarray]:
@@ -37,7 +33,7 @@ def classic_attack_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict[st
         true, 0
     ).sum(1)
     scores = {
-        "loss": loss_score(logits, labels),
+        "loss": true_label_log_probability(logits, labels),
         "confidence": p.max(1).values,
         "entropy": -entropy,
         "modified_entropy": -m_entropy,

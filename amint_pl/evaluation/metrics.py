@@ -15,6 +15,8 @@ from scipy.stats import rankdata
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 FPR_TARGETS = {"tpr_at_1%_fpr": 0.01, "tpr_at_0.1%_fpr": 0.001}
+# The metrics of a method that a run reports (its summary on every logger, the per-method table).
+REPORTED_METRICS = ("auc", "acc_at_0.5", "balanced_acc_calibrated", *FPR_TARGETS)
 
 
 def _ranked(members: np.ndarray, nonmembers: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

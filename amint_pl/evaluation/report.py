@@ -17,13 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from amint_pl.data.datamodule import POOL_NAMES, ROLE_NAMES
-from amint_pl.data.splits import PROTOCOLS, MembershipSplits
+from amint_pl.data.splits import CALIB_SLICES, POOL_NAMES, PROTOCOLS, ROLE_NAMES, MembershipSplits
 from amint_pl.evaluation.attacks import classic_attack_scores
 from amint_pl.evaluation.metrics import membership_metrics, roc
-
-# The role whose rows hold a protocol's calibration members (they are scored with their role).
-BASE_ROLE = {"members_seen_calib": "members_seen", "members_unseen_calib": "members_unseen"}
+from amint_pl.models.outputs import member_probability
 
 
 @dataclass
@@ -45,8 +42,9 @@ class ScoredSamples:
         return list(self.scores)
 
     def rows_of(self, role: str, indices: np.ndarray) -> np.ndarray:
-        """Row numbers of the given pool indices of a role (calibration slices: their base role)."""
-        base = BASE_ROLE.get(role, role)
+        """Row numbers of the given pool indices of a role (calibration slices: the role they are
+        a slice of, with which they are scored)."""
+        base = CALIB_SLICES.get(role, role)
         rows = np.flatnonzero(self.role == base)
         order = np.argsort(self.index[rows])
         sorted_index = self.index[rows][order]
@@ -67,7 +65,7 @@ def scored_samples(predictions: Sequence[Mapping[str, torch.Tensor]]) -> ScoredS
     cat = {k: v[keep] for k, v in cat.items()}
     scores: dict[str, np.ndarray] = {}
     if "mint_logits" in cat:
-        scores["mint"] = torch.sigmoid(cat["mint_logits"].double()).numpy()
+        scores["mint"] = member_probability(cat["mint_logits"]).numpy()
     scores.update(classic_attack_scores(cat["logits"], cat["labels"]))
     return ScoredSamples(
         pool=np.array([POOL_NAMES[i] for i in cat["pool"].tolist()]),
@@ -170,6 +168,19 @@ def write_scores_csv(path: Path, samples: ScoredSamples, splits: MembershipSplit
                     *(f"{samples.scores[m][i]:.6g}" for m in samples.methods),
                 ]
             )
+
+
+def write_report(
+    output_dir: Path,
+    samples: ScoredSamples,
+    splits: MembershipSplits,
+    membership: Mapping[str, Any],
+    title: str,
+) -> None:
+    """scores.csv, roc.png and scores_hist.png into the run directory."""
+    write_scores_csv(output_dir / "scores.csv", samples, splits)
+    plot_roc(output_dir / "roc.png", samples, splits, membership, title)
+    plot_score_hist(output_dir / "scores_hist.png", samples, title)
 
 
 def _json_safe(value: Any) -> Any:

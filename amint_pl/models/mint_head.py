@@ -148,10 +148,6 @@ class MINTHead(nn.Module):
             nn.Linear(hidden, 1),
         )
 
-    @property
-    def reads_outputs(self) -> bool:
-        return bool(self.output_features)
-
     def forward(
         self,
         taps: Sequence[torch.Tensor],

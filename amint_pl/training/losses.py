@@ -17,9 +17,7 @@ class LossWeighting(nn.Module):
     """
 
     def __init__(self, weighting: str, w_aud: float, w_mint: float) -> None:
-        super().__init__()
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        super().__init__()  # `weighting` is one of WEIGHTINGS (validate_config)
         self.weighting = weighting
         self.w_aud, self.w_mint = w_aud, w_mint
         # [CE, BCE] on the first batch; 0 = not seen yet.

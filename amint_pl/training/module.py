@@ -13,28 +13,37 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import hydra
 import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
-from amint_pl.data.datamodule import ROLE_CODES
+from amint_pl.checkpoints import check_checkpoint, check_resumable, seal_checkpoint
+from amint_pl.data.splits import PROTOCOLS, ROLE_CODES
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.errors import ConfigError
 from amint_pl.models.backbones import backbone_from_config
 from amint_pl.models.memory import memory_from_config
 from amint_pl.models.mint_head import mint_head_from_config
+from amint_pl.models.outputs import member_probability, true_label_log_probability
 from amint_pl.training.callbacks import MembershipCurves
 from amint_pl.training.losses import LossWeighting
-from amint_pl.validation import check_checkpoint, check_resumable, seal_checkpoint
 
 MODES = {"active": ("joint",), "passive": ("audited", "mint_head"), "off": ("audited",)}
-OPTIMIZERS = ("adam", "adamw", "sgd")
 SEEN, UNSEEN, EXTERNAL = (
     ROLE_CODES["members_seen"],
     ROLE_CODES["members_unseen"],
     ROLE_CODES["external"],
 )
+# Validation on the calibration sets: each protocol's calibration members against the calibration
+# non-members (on whom the audited accuracy is measured too).
+CALIB_MEMBERS = {p: ROLE_CODES[f"{role}_calib"] for p, role in PROTOCOLS.items()}
+CALIB_NONMEMBERS = ROLE_CODES["nonmembers_calib"]
+# Shown in the progress bar.
+PROGRESS_BAR_KEYS = ("val/aud_acc", "val/paper/mint_auc")
 
 # torch.compile modes `model.compile` may name (true = "default").
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -70,6 +79,20 @@ def role_positions(
     }
 
 
+def mint_loss(
+    mint_logits: torch.Tensor, role: torch.Tensor, mint_targets: torch.Tensor
+) -> torch.Tensor:
+    """BCE of the MINT logits at the MINT targets (members 1, external samples 0), each class
+    weighted one half, as the paper's separate member and external batches were."""
+    is_member = (role.index_select(0, mint_targets) != EXTERNAL).float()
+    losses = F.binary_cross_entropy_with_logits(
+        mint_logits.index_select(0, mint_targets), is_member, reduction="none"
+    )
+    positives = (losses * is_member).sum() / is_member.sum().clamp_min(1.0)
+    negatives = (losses * (1 - is_member)).sum() / (1 - is_member).sum().clamp_min(1.0)
+    return 0.5 * (positives + negatives)
+
+
 def compile_mode(value: Any) -> str | None:
     """`model.compile`: false -> None, true -> "default", or one of COMPILE_MODES."""
     if value is None or value is False:
@@ -91,6 +114,15 @@ def step_seed(
     phase_id = ("joint", "audited", "mint_head").index(phase)
     where = [seed % (1 << 63), splits, phase_id, epoch, step, rank]
     return int(np.random.SeedSequence(where).generate_state(1, np.uint64)[0] >> 1)
+
+
+def metric_key(name: str) -> str:
+    """The logged name of a validation metric: aud_acc -> val/aud_acc,
+    paper_mint_auc -> val/paper/mint_auc."""
+    if name == "aud_acc":
+        return "val/aud_acc"
+    protocol, _, what = name.partition("_")
+    return f"val/{protocol}/{what}"
 
 
 def phases_of(mode: str) -> tuple[str, ...]:
@@ -168,9 +200,18 @@ class AMINTModule(L.LightningModule):
                 if part is not None:
                     part.to(memory_format=torch.channels_last)
         self.protocols = tuple(protocols)
-        # Validation metrics (val/aud_acc, val/<protocol>/{mint,loss}_auc) and their curves;
-        # attached to every trainer that fits this module (configure_callbacks).
-        self.membership_curves = MembershipCurves(num_classes, self.protocols)
+        # The validation metrics, what model selection and early stopping watch: val/aud_acc (the
+        # audited accuracy on nonmembers_calib) and val/<protocol>/{mint,loss}_auc (the MINT
+        # head's and the LOSS attack's AUC, the protocol's calibration members against
+        # nonmembers_calib). torchmetrics states sum across processes: every rank computes the
+        # same value.
+        self.validation_metrics = MetricCollection(
+            {"aud_acc": MulticlassAccuracy(num_classes, average="micro")}
+            | {f"{p}_{m}": BinaryAUROC() for p in self.protocols for m in ("mint_auc", "loss_auc")}
+        )
+        self.validation_values: dict[str, float] = {}
+        # Their history over every phase, drawn (attached to every trainer: configure_callbacks).
+        self.membership_curves = MembershipCurves()
 
     @classmethod
     def for_benchmark(
@@ -180,7 +221,8 @@ class AMINTModule(L.LightningModule):
         protocols: Sequence[str],
         split_fingerprint: str,
     ) -> AMINTModule:
-        """The module for a run config (resolved to plain containers) on a `Benchmark`'s pools."""
+        """The module for a run config (resolved to plain containers) on a `Benchmark`'s pools, or
+        a `MembershipDataModule`'s (either says num_classes, channels, mean, std, class_names)."""
         from omegaconf import OmegaConf
 
         if not isinstance(config, dict):
@@ -309,7 +351,7 @@ class AMINTModule(L.LightningModule):
             member_logits = logits.index_select(0, members)
             ce = F.cross_entropy(member_logits, labels.index_select(0, members))
             mint_logits = self.mint_head(taps, logits, labels, memory)
-            bce = self._mint_loss(mint_logits, role, mint_targets)
+            bce = mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "audited":
             memory_inputs = batch.get("memory_inputs")
             if memory_inputs is not None:
@@ -322,7 +364,7 @@ class AMINTModule(L.LightningModule):
             mint_logits = self.mint_head(
                 [t.detach() for t in taps], logits.detach(), labels, memory
             )
-            bce = self._mint_loss(mint_logits, role, mint_targets)
+            bce = mint_loss(mint_logits, role, mint_targets)
         loss = self.loss_weighting(ce, bce)
         prefix = "head/" if self.phase == "mint_head" else ""
         self.log(f"{prefix}train/loss", loss, prog_bar=True)
@@ -342,27 +384,44 @@ class AMINTModule(L.LightningModule):
             self.log(f"{prefix}train/bce", bce)
         return loss
 
-    @staticmethod
-    def _mint_loss(
-        mint_logits: torch.Tensor, role: torch.Tensor, mint_targets: torch.Tensor
-    ) -> torch.Tensor:
-        """BCE of the MINT logits at the MINT targets (members 1, external samples 0), each class
-        weighted one half, as the paper's separate member and external batches were."""
-        is_member = (role.index_select(0, mint_targets) != EXTERNAL).float()
-        losses = F.binary_cross_entropy_with_logits(
-            mint_logits.index_select(0, mint_targets), is_member, reduction="none"
-        )
-        positives = (losses * is_member).sum() / is_member.sum().clamp_min(1.0)
-        negatives = (losses * (1 - is_member)).sum() / (1 - is_member).sum().clamp_min(1.0)
-        return 0.5 * (positives + negatives)
+    def on_validation_epoch_start(self) -> None:
+        self.validation_metrics.reset()
 
-    def validation_step(
-        self, batch: dict[str, torch.Tensor], batch_idx: int
-    ) -> dict[str, torch.Tensor | None]:
-        """Outputs on the calibration sets; `MembershipCurves` turns them into the val/ metrics
-        (the MINT head is not scored while only the audited model trains)."""
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """The validation metrics on a batch of the calibration sets (the MINT head is not scored
+        while only the audited model trains)."""
         logits, mint_logits = self(batch["inputs"], batch["labels"])
-        return {"logits": logits, "mint_logits": None if self.phase == "audited" else mint_logits}
+        if self.phase == "audited":
+            mint_logits = None
+        role, labels, metrics = batch["role"], batch["labels"], self.validation_metrics
+        nonmember = role == CALIB_NONMEMBERS
+        if nonmember.any():
+            metrics["aud_acc"].update(logits[nonmember], labels[nonmember])
+        # Scores mapped into [0, 1] in double precision, order kept: torchmetrics would otherwise
+        # squash unbounded scores with a float32 sigmoid (ties), and only in some batches.
+        p_true = true_label_log_probability(logits.detach(), labels).exp()
+        p_member = member_probability(mint_logits) if mint_logits is not None else None
+        for protocol in self.protocols:
+            member = role == CALIB_MEMBERS[protocol]
+            keep = member | nonmember
+            if not keep.any():
+                continue
+            target = member[keep].long()
+            metrics[f"{protocol}_loss_auc"].update(p_true[keep], target)
+            if p_member is not None:
+                metrics[f"{protocol}_mint_auc"].update(p_member[keep], target)
+
+    def on_validation_epoch_end(self) -> None:
+        values: dict[str, float] = {}
+        for name, metric in self.validation_metrics.items():
+            if metric.update_called:
+                key = metric_key(name)
+                value = metric.compute()
+                # Already synchronised by torchmetrics: no second reduction.
+                self.log(key, value, prog_bar=key in PROGRESS_BAR_KEYS, sync_dist=False)
+                values[key] = float(value)
+            metric.reset()
+        self.validation_values = values
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [self.membership_curves]
@@ -390,15 +449,5 @@ class AMINTModule(L.LightningModule):
             params = self.audited_parameters()
         else:
             params = self.audited_parameters() + list(self.mint_head.parameters())
-        name, lr, wd = (
-            self.optim_cfg["name"],
-            float(self.optim_cfg["lr"]),
-            float(self.optim_cfg.get("weight_decay", 0.0)),
-        )
-        if name == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=wd)
-        if name == "adamw":
-            return torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-        if name == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd, nesterov=True)
-        raise ConfigError(f"optim.name='{name}' is unknown: use {', '.join(OPTIMIZERS)}")
+        # conf/optim/*.yaml: the optimiser's class (`_target_`) and settings, `_partial_`.
+        return hydra.utils.instantiate(self.optim_cfg)(params)

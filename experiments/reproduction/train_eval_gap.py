@@ -29,8 +29,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from amint_pl.data.benchmarks import benchmark_from_config
-from amint_pl.data.datamodule import ROLE_CODES, IndexedSamples, MembershipDataModule
-from amint_pl.data.splits import SplitSizes, build_splits
+from amint_pl.data.datamodule import IndexedSamples, MembershipDataModule
+from amint_pl.data.splits import ROLE_CODES, SplitSizes, build_splits
 from amint_pl.training.module import AMINTModule
 
 

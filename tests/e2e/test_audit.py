@@ -326,7 +326,7 @@ def test_bad_labels_are_one_line_errors(general, tmp_path, capsys):
 
 
 def test_a_checkpoint_whose_weights_the_model_no_longer_has_is_refused(general, tmp_path, capsys):
-    from amint_pl.validation import seal_checkpoint
+    from amint_pl.checkpoints import seal_checkpoint
 
     # A sealed checkpoint from before the memory's hash was salted per band (band_offsets).
     _, checkpoint, _, images = general

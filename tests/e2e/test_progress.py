@@ -8,8 +8,7 @@ import signal
 import pytest
 
 from amint_pl.aggregate import aggregate, markdown
-from amint_pl.run import PAUSE_ENV
-from amint_pl.status import STALE_AFTER_S, STATUS_FILE
+from amint_pl.status import PAUSE_ENV, STALE_AFTER_S, STATUS_FILE
 from tests.helpers import TINY, start_run, wait_for
 
 pytestmark = pytest.mark.slow

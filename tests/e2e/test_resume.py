@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from amint_pl.audit import main as audit
-from amint_pl.run import PAUSE_ENV
-from amint_pl.validation import RESUMABLE_KEYS
+from amint_pl.checkpoints import RESUMABLE_KEYS
+from amint_pl.status import PAUSE_ENV
 from tests.helpers import DETERMINISTIC, read_results, run_module, start_run, wait_for
 from tests.shared_runs import train
 

@@ -8,8 +8,12 @@ import math
 import re
 
 import pytest
+import torch
 
+from amint_pl.checkpoints import check_checkpoint
+from amint_pl.errors import ConfigError
 from amint_pl.status import STATUS_FILE
+from amint_pl.training.resume import resume_plan
 from tests.formats import write_mnist_files
 from tests.helpers import TINY, read_results, run_dirs, start_run
 
@@ -72,6 +76,20 @@ def test_each_mint_mode_on_each_data_set_writes_every_file_one_run_per_cell(tmp_
         assert set(results["best_checkpoints"]) == expected[mode]
         assert (job / "csv" / "metrics.csv").is_file()
         assert results["distributed"]["process_group_size"] == 1
+        # What a run keeps: the best epoch's weights (evaluated, audited), the last epoch's whole
+        # state.
+        for phase, best in results["best_checkpoints"].items():
+            best = torch.load(job / best, map_location="cpu", weights_only=True)
+            last = torch.load(
+                job / "checkpoints" / phase / "last.ckpt", map_location="cpu", weights_only=True
+            )
+            assert "optimizer_states" not in best and last["optimizer_states"]
+            check_checkpoint(best, phase)  # sealed all the same
+            assert best["hyper_parameters"] == last["hyper_parameters"]
+        # A weights-only checkpoint cannot continue a phase: one line names the file to give.
+        best = job / results["best_checkpoints"][sorted(expected[mode])[0]]
+        with pytest.raises(ConfigError, match="holds the weights alone .* last.ckpt"):
+            resume_plan(str(best), job, tuple(results["best_checkpoints"]))
     assert set(cells) == {(d, m) for d in ("digits", "mnist") for m in ("active", "passive", "off")}
     assert proc.stdout.count("audited test acc") == 6  # each job's table, printed
 
@@ -129,6 +147,8 @@ def test_the_defaults_learn_digits_and_a_run_writing_to_a_file_tells_its_story(
     (offline,) = (run_dir / "wandb").glob("offline-run-*")
     assert list(offline.glob("*.wandb"))
     assert "wandb:" not in output[output.index("results:") :] and "Run summary" not in output
+    # The results table is the last thing the run prints.
+    assert output.strip().splitlines()[-1].strip().startswith("accuracies are balanced")
     status = json.loads((run_dir / STATUS_FILE).read_text())
     assert status["state"] == "completed" and isinstance(status["pid"], int) and status["host"]
     assert (status["epoch"], status["max_epochs"], status["phase"]) == (EPOCHS, EPOCHS, "joint")

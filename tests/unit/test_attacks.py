@@ -11,10 +11,10 @@ from sklearn.metrics import roc_auc_score
 from amint_pl.data.benchmarks import benchmark_from_config
 from amint_pl.data.datamodule import MembershipDataModule
 from amint_pl.data.splits import SplitSizes, build_splits
-from amint_pl.evaluation.attacks import CLASSIC_ATTACKS, classic_attack_scores, loss_score
+from amint_pl.evaluation.attacks import CLASSIC_ATTACKS, classic_attack_scores
 from amint_pl.evaluation.metrics import membership_metrics
-from amint_pl.training.callbacks import CALIB_MEMBERS, CALIB_NONMEMBERS
-from amint_pl.training.module import AMINTModule
+from amint_pl.models.outputs import true_label_log_probability
+from amint_pl.training.module import CALIB_MEMBERS, CALIB_NONMEMBERS, AMINTModule
 from tests.helpers import config_dict
 
 
@@ -35,9 +35,9 @@ def test_each_score_matches_its_formula():
     m1 = -(0.75 * math.log(0.25)) - (0.5 * math.log(0.5) + 0.25 * math.log(0.75))
     assert s["modified_entropy"] == pytest.approx([-m0, -m1])
     assert set(s) == set(CLASSIC_ATTACKS)
-    assert loss_score(_logits([[0.5, 0.25, 0.25]]), torch.tensor([2])).exp().item() == (
-        pytest.approx(0.25)
-    )
+    assert true_label_log_probability(
+        _logits([[0.5, 0.25, 0.25]]), torch.tensor([2])
+    ).exp().item() == (pytest.approx(0.25))
 
 
 def test_known_aucs_tell_the_attacks_apart():
@@ -101,7 +101,7 @@ def test_membership_curves_are_logged_each_epoch_and_plotted(tmp_path):
         for batch in datamodule.val_dataloader():
             batch = module.on_after_batch_transfer(batch, 0)
             logits, mint_logits = module(batch["inputs"])
-            outputs["loss"].append(loss_score(logits, batch["labels"]))
+            outputs["loss"].append(true_label_log_probability(logits, batch["labels"]))
             outputs["mint"].append(mint_logits.double())
             outputs["role"].append(batch["role"])
     loss, mint, role = (torch.cat(outputs[k]).numpy() for k in ("loss", "mint", "role"))

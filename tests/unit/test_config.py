@@ -11,7 +11,12 @@ from tests.helpers import CONF, compose_config
 
 def test_paper_preset_is_the_papers_recipe():
     cfg = OmegaConf.to_container(compose_config("experiment=paper", "dataset=mnist"))
-    assert cfg["optim"] == {"name": "adam", "lr": 1.0e-4, "weight_decay": 0.0}
+    assert cfg["optim"] == {
+        "_target_": "torch.optim.Adam",
+        "_partial_": True,
+        "lr": 1.0e-4,
+        "weight_decay": 0.0,
+    }
     assert cfg["batch_size"] == 128  # 64 members + 64 external samples per step
     assert cfg["dataset"]["augment"] == "none"
     mint = cfg["mint"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from amint_pl.data.datamodule import ROLE_CODES
+from amint_pl.data.splits import ROLE_CODES
 from amint_pl.errors import ConfigError
 from amint_pl.models.memory import (
     MembershipMemory,

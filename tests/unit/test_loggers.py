@@ -8,7 +8,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 from PIL import Image
 
-from amint_pl.loggers import IMAGES, build_loggers, publish_results
+from amint_pl.evaluation.metrics import REPORTED_METRICS
+from amint_pl.evaluation.publish import IMAGES, publish_results, summary_metrics
+from amint_pl.loggers import build_loggers, run_choices
 from tests.helpers import TINY, compose_config
 
 
@@ -42,7 +44,7 @@ def test_a_sweeps_wandb_run_holds_group_name_tags_config_and_summary(sweep_job):
     output_dir.mkdir(parents=True)
     for name in IMAGES.values():
         Image.new("RGB", (8, 8), (200, 10, 10)).save(output_dir / name)
-    loggers = build_loggers(cfg)
+    loggers = build_loggers(cfg, run_choices())
     (wandb_logger,) = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
     run = wandb_logger.experiment
     try:
@@ -56,17 +58,17 @@ def test_a_sweeps_wandb_run_holds_group_name_tags_config_and_summary(sweep_job):
         assert config["choices"]["mint"] == "active_general"
         membership = {
             protocol: {
-                method: {"auc": 0.5 + k / 10, "n_members": 10, "n_nonmembers": 12}
+                method: {
+                    **{key: k / 10 + n / 100 for n, key in enumerate(REPORTED_METRICS)},
+                    "n_members": 10,
+                    "n_nonmembers": 12,
+                }
                 for k, method in enumerate(("mint", "loss"))
             }
             for protocol in ("paper", "strict")
         }
-        summary = {
-            f"test/{p}/{method}/auc": m["auc"]
-            for p, methods in membership.items()
-            for method, m in methods.items()
-        }
-        summary["test/aud_test_acc"] = 0.9
+        summary = summary_metrics({"test_acc": 0.9}, membership)
+        assert summary["test/strict/loss/auc"] == membership["strict"]["loss"]["auc"]
         publish_results(loggers, summary, membership, output_dir, step=7)
         for key, value in summary.items():
             assert run.summary[key] == value, key

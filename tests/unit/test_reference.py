@@ -9,12 +9,8 @@ from omegaconf import OmegaConf
 from amint_pl.data.splits import SplitSizes, build_splits
 from amint_pl.errors import ConfigError
 from amint_pl.evaluation.metrics import membership_metrics
-from amint_pl.evaluation.reference import (
-    reference_config,
-    reference_data,
-    reference_roles,
-    rmia_scores,
-)
+from amint_pl.evaluation.reference import rmia_scores
+from amint_pl.training.reference import reference_config, reference_data, reference_roles
 
 
 # ------------------------------------------------------------------------------- the score

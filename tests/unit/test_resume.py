@@ -1,6 +1,6 @@
 """The README lists what a resume may change from the one list the check uses."""
 
-from amint_pl.validation import RESUMABLE_KEYS
+from amint_pl.checkpoints import RESUMABLE_KEYS
 from tests.helpers import REPO
 
 

@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from amint_pl.data.benchmarks import benchmark_from_config
-from amint_pl.data.datamodule import ROLE_CODES, BalancedBatchSampler, MembershipDataModule
-from amint_pl.data.splits import SplitSizes, build_splits
+from amint_pl.data.datamodule import BalancedBatchSampler, MembershipDataModule
+from amint_pl.data.splits import ROLE_CODES, SplitSizes, build_splits
 from amint_pl.training.module import AMINTModule
 from tests.helpers import config_dict
 

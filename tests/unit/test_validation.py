@@ -5,10 +5,10 @@ import re
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from amint_pl.errors import AmintError
-from amint_pl.run import with_timm_config
-from amint_pl.validation import validate_config
+from amint_pl.validation import validate_config, with_optim_group, with_timm_config
 from tests.helpers import compose_config
 
 # MNIST's files are absent here: an error about anything else proves nothing was decoded first.
@@ -32,7 +32,13 @@ REFUSED = [
     ("trainer.devices=0", "trainer.devices=0 must be a positive integer"),
     ("optim.lr=-0.1", "optim.lr=-0.1 must be a positive number"),
     ("optim.lr=0", "optim.lr=0 must be a positive number"),
-    ("optim.name=lion", "optim.name=lion: use one of adam, adamw, sgd"),
+    (
+        "optim._target_=torch.optim.Lion",
+        "optim._target_=torch.optim.Lion cannot be imported: use optim=<adam | adamw | sgd>",
+    ),
+    ("optim._target_=torch.nn.Linear", "optim._target_=torch.nn.Linear is no torch optimiser"),
+    ("+optim.momentum=0.9", "optim: torch.optim.Adam cannot be built"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1 must be a number >= 0"),
     ("mint.monitor=val/nope", "mint.monitor=val/nope is not logged by mint=active"),
     ("dataset.image_size=0", "dataset.image_size=0 must be a positive integer"),
     ("dataset.channels=2", "dataset.channels=2: use 1, 3 or null"),
@@ -78,6 +84,28 @@ def test_model_name_alone_selects_the_timm_config():
     # A model config or an experiment chosen with it is kept.
     for given in (["model=resnet18", "model.name=resnet34"], ["experiment=x", "model.name=y"]):
         assert with_timm_config(given) == given
+
+
+@pytest.mark.parametrize(("optim", "built"), [("adam", "Adam"), ("adamw", "AdamW"), ("sgd", "SGD")])
+def test_each_optimiser_is_built_from_its_config(optim, built):
+    from amint_pl.training.module import AMINTModule
+
+    # optim.name=<name>, the setting's earlier spelling, picks the same config group option.
+    assert with_optim_group([f"optim.name={optim}", "optim.lr=0.5"]) == [
+        f"optim={optim}",
+        "optim.lr=0.5",
+    ]
+    cfg = _compose(*with_optim_group([f"optim.name={optim}", "optim.lr=0.5"]))
+    validate_config(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = AMINTModule(config, 10, 1, [0.5], [0.25], ("paper",))
+    optimiser = module.configure_optimizers()
+    assert type(optimiser).__name__ == built and optimiser.defaults["lr"] == 0.5
+    assert optimiser.param_groups[0]["params"] == module.audited_parameters() + list(
+        module.mint_head.parameters()
+    )
+    if optim == "sgd":
+        assert optimiser.defaults["momentum"] == 0.9 and optimiser.defaults["nesterov"]
 
 
 @pytest.mark.parametrize("option", ["small_cnn", "resnet18", "vit_tiny", "mobilenetv3_small"])

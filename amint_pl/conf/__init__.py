@@ -1,1 +1,0 @@
-"""The config tree (Hydra), shipped inside the package."""

@@ -1,0 +1,137 @@
+"""A run's record: the resolved config it runs with, results.json and status.json at its end, the
+versions and config digest it is known by, and where its story is told (logging).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
+
+from amint_pl.errors import AmintError, ConfigError
+from amint_pl.status import PROGRESS_LOGGER, RunStatus
+from amint_pl.training.resume import ATTEMPT_FILES
+
+log = logging.getLogger("amint_pl.run")
+# What the run directory listing names (besides what a resumed attempt rewrites).
+RUN_FILES = (*ATTEMPT_FILES, "splits.npz", "checkpoints", "wandb")
+
+
+def resolved_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
+    """The run config with every interpolation resolved, without Hydra's own node. Outside a Hydra
+    run, paths.output_dir (Hydra's run directory) is `output_dir`."""
+    from hydra.core.hydra_config import HydraConfig
+
+    config = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    config.pop("hydra", None)
+    if not HydraConfig.initialized():
+        config.paths.output_dir = str(output_dir)
+    try:
+        resolved = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    except InterpolationResolutionError as err:
+        raise ConfigError(
+            f"{' '.join(str(err).split())[:200]}: this setting needs Hydra's run directory; start "
+            "the run with python -m amint_pl.run, or set it to a path"
+        ) from err
+    OmegaConf.set_struct(resolved, True)
+    return resolved
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """SHA-256 of the resolved experiment config, without paths and resume settings."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("paths", "ckpt_path", "logger", "progress"):
+        data.pop(key, None)
+    return hashlib.sha256(
+        OmegaConf.to_yaml(OmegaConf.create(data), sort_keys=True).encode()
+    ).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import lightning
+    import timm
+    import torch
+    import torchmetrics
+
+    from amint_pl import __version__
+
+    return {
+        "amint_pl": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "torchmetrics": torchmetrics.__version__,
+        "hydra": hydra.__version__,
+    }
+
+
+class _NotProgress(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(PROGRESS_LOGGER)
+
+
+def set_up_logging(rank_zero: bool) -> None:
+    """Warnings join the run's story (run.log); DDP ranks > 0 (Hydra logs them into the same
+    run.log) tell only problems; on a terminal, where Rich draws the progress bar, progress lines
+    go to run.log alone."""
+    logging.captureWarnings(True)
+    logging.getLogger("amint_pl").setLevel(logging.INFO if rank_zero else logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, "stream", None)
+        on_terminal = not isinstance(handler, logging.FileHandler) and stream is not None
+        if (
+            on_terminal
+            and hasattr(stream, "isatty")
+            and stream.isatty()
+            and not any(isinstance(f, _NotProgress) for f in handler.filters)
+        ):
+            handler.addFilter(_NotProgress())
+
+
+def log_run_directory(output_dir: Path) -> None:
+    """Say what the run directory holds, and how to upload an offline W&B run."""
+    written = [name for name in RUN_FILES if (output_dir / name).exists()]
+    log.info("run directory: %s (%s)", output_dir, ", ".join(written))
+    if (output_dir / "wandb").is_dir() and any((output_dir / "wandb").glob("offline-run-*")):
+        log.info("W&B offline: wandb sync %s uploads it", output_dir / "wandb" / "offline-run-*")
+
+
+def record_failure(results: dict[str, Any], err: BaseException, output_dir: Path) -> None:
+    """Record in results why the run stopped, and (unless a setting must change) how to resume."""
+    # Lightning turns Ctrl+C into sys.exit(1): record the interrupt itself.
+    plain_exit = type(err) is SystemExit and err.__context__ is not None
+    cause = err.__context__ if plain_exit else err
+    results.update(status="failed", error=f"{type(cause).__name__}: {str(cause) or 'interrupted'}")
+    if not isinstance(err, AmintError):  # a user's error: fix it and start a new run
+        results["resume_with"] = f"hydra.run.dir={output_dir} ckpt_path=last"
+    log.error(
+        "failed at stage %s: %s%s",
+        results.get("stage"),
+        results["error"],
+        f"; resume with {results['resume_with']}" if "resume_with" in results else "",
+    )
+
+
+def finish_run(
+    cfg: DictConfig, output_dir: Path, results: dict[str, Any], status: RunStatus, rank_zero: bool
+) -> None:
+    """Write results.json and the final status.json; close W&B."""
+    from amint_pl.evaluation.report import write_json
+    from amint_pl.loggers import finish_wandb
+
+    if rank_zero:
+        write_json(output_dir / "results.json", results)
+    status.update(
+        state=results["status"],
+        stage=results.get("stage"),  # where a failed run stopped
+        error=results.get("error"),
+        wall_time_s=results["wall_time_s"],
+    )
+    finish_wandb(cfg, exit_code=0 if results["status"] == "completed" else 1)
