@@ -74,3 +74,15 @@ def test_resume_needs_the_run_directory(tmp_path, run_dir):
     proc = _run(tmp_path, "ckpt_path=last", *extra)
     _one_line_error(proc, "ckpt_path=last resumes a run in its own directory")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "empty").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset=nope", "unknown dataset 'nope'"),
+        ("model=nope", "unknown model 'nope'"),
+        ("mint.mode=sometimes", "mint.mode='sometimes' is unknown"),
+    ],
+)
+def test_bad_override_is_one_line_and_exit_2(tmp_path, override, message):
+    _one_line_error(_run(tmp_path, override), message)
