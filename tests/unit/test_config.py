@@ -6,6 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+import amint_pl.run  # noqa: F401  (registers the run-directory resolver)
 from tests.helpers import CONF, compose_config
 
 
