@@ -7,7 +7,7 @@ STAMP := $(VENV)/.amint-installed
 # W&B stays offline unless you say otherwise (WANDB_MODE=online make run).
 export WANDB_MODE ?= offline
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install run test test-fast test-lane-1 test-lane-2 test-fast-lane-1 test-fast-lane-2 lint format bench clean
 
 install: $(STAMP)
 
@@ -20,12 +20,31 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/python -m amint_pl.run $(ARGS)
 
-test: install
-	$(BIN)/python -m pytest -q $(ARGS)
+# The suite runs in two lanes side by side, one per core (-O: each lane's report whole when it
+# ends); README "Tests". Lane 1 holds the modules that read the runs tests/conftest.py trains once
+# per session; lane 2 everything else, new test files included. Tiny tensors gain nothing from
+# threads, and two lanes share 2 cores: one thread each unless you say otherwise.
+LANE_1 := tests/e2e/test_resume.py tests/e2e/test_audit.py tests/e2e/test_generalizing.py \
+	tests/e2e/test_train_api.py tests/e2e/test_reference.py
+# The quick lane (-m "not slow": the in-process tests of tests/unit, about a minute): split alike.
+FAST_LANE_1 := tests/unit/test_models.py tests/unit/test_training.py tests/unit/test_readers.py
+PYTEST = $(BIN)/python -m pytest -q
 
-# The quick lane: the in-process tests (about a minute on 2 cores); `make test` runs them all.
+test: install
+	@$(MAKE) --no-print-directory -j2 -O test-lane-1 test-lane-2
+
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	@$(MAKE) --no-print-directory -j2 -O test-fast-lane-1 test-fast-lane-2
+
+test-lane-1 test-lane-2 test-fast-lane-1 test-fast-lane-2: export OMP_NUM_THREADS ?= 1
+test-lane-1:
+	$(PYTEST) $(LANE_1) $(ARGS)
+test-lane-2:
+	$(PYTEST) tests $(addprefix --ignore=,$(LANE_1)) $(ARGS)
+test-fast-lane-1:
+	$(PYTEST) -m "not slow" $(FAST_LANE_1) $(ARGS)
+test-fast-lane-2:
+	$(PYTEST) -m "not slow" tests/unit $(addprefix --ignore=,$(FAST_LANE_1)) $(ARGS)
 
 # The speed bench (8 min on 2 busy CPU cores): experiments/results/bench-<machine>.json and .md.
 # ARGS="--quick" for a smoke test (its files go to a scratch folder); on a GPU: ARGS="--device cuda --precision bf16-mixed --models resnet18,vit"

@@ -1,15 +1,24 @@
-"""Runs that several test modules only read, trained once per test session (each run costs
-~15 s of imports and training on 2 CPU cores)."""
+"""Runs that several test modules only read, trained once per test session (conftest.py makes
+them session fixtures)."""
 
 from __future__ import annotations
 
-import functools
+from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import TINY, read_results, run_module
+from tests.helpers import DETERMINISTIC, read_results, run_module
 
-# Tiny, quiet and deterministic: what the resume and determinism tests compare.
-DETERMINISTIC = [*TINY, "trainer.enable_progress_bar=false", "trainer.deterministic=true"]
+
+@dataclass(frozen=True)
+class SharedRun:
+    root: Path  # the data under root/data
+    run_dir: Path
+    results: dict
+    outside: list[str]  # every path under root outside the run directory
+
+    def checkpoint(self, phase: str) -> Path:
+        """The run's best checkpoint of a phase."""
+        return self.run_dir / self.results["best_checkpoints"][phase]
 
 
 def train(root: Path, run_dir: Path, *overrides: str, cwd: Path | None = None) -> dict:
@@ -26,32 +35,30 @@ def train(root: Path, run_dir: Path, *overrides: str, cwd: Path | None = None) -
     return read_results(run_dir)
 
 
-@functools.cache
-def three_epoch_run(base: Path) -> tuple[Path, dict, list[str]]:
-    """A 3-epoch aMINT run on digits in <base>/shared/full, started in an empty working directory
-    <base>/shared/cwd: (root, results.json, every path under root outside the run directory)."""
-    root = base / "shared"
+def _shared(root: Path, name: str, *overrides: str) -> SharedRun:
+    """A run in root/<name>, started in an empty working directory root/cwd."""
     cwd = root / "cwd"
     cwd.mkdir(parents=True)
-    results = train(root, root / "full", "trainer.max_epochs=3", cwd=cwd)
+    results = train(root, root / name, *overrides, cwd=cwd)
     outside = [
-        str(p.relative_to(root)) for p in root.rglob("*") if p.relative_to(root).parts[0] != "full"
+        str(p.relative_to(root)) for p in root.rglob("*") if p.relative_to(root).parts[0] != name
     ]
-    return root, results, outside
+    return SharedRun(root, root / name, results, outside)
 
 
-@functools.cache
-def general_run(base: Path) -> tuple[Path, dict]:
+def three_epoch_run(root: Path) -> SharedRun:
+    """A 3-epoch aMINT run on digits: what the resume, determinism and audit tests read."""
+    return _shared(root, "full", "trainer.max_epochs=3")
+
+
+def general_run(root: Path) -> SharedRun:
     """A 2-epoch mint=active_general run on digits (its head reads the loss and the membership
-    memory at the label), half of the seen members as positives, rotating, on augmented images,
-    in <base>/shared/general: (run dir, results.json)."""
-    run_dir = base / "shared" / "general"
-    results = train(
-        base / "shared",
-        run_dir,
+    memory at the label), half of the seen members as positives, rotating, on augmented images."""
+    return _shared(
+        root,
+        "general",
         "mint=active_general",
         "mint.positive_fraction=0.5",
         "mint.rotate_positives=true",
         "dataset.augment=flip_crop",  # the memory then reads the un-augmented images
     )
-    return run_dir, results

@@ -5,12 +5,10 @@ from __future__ import annotations
 import copy
 import functools
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -22,8 +20,8 @@ from amint_pl.models.backbones import (
     resolve_patch_size,
 )
 from amint_pl.models.mint_head import MINTHead, mint_head_from_config
+from tests.helpers import CONF, compose_config
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 PRESETS = ("entry", "middle", "output")
 NUM_CLASSES = 10
 SIZES = {28: 1, 32: 3, 64: 3}  # image size -> channels: MNIST, CIFAR, GTSRB / Tiny ImageNet
@@ -108,15 +106,10 @@ LARGE = {"densenet121", "resnet50", "resnet101", "vgg16", "vit_small", "xception
 MODEL_PARAMS = [pytest.param(m, marks=pytest.mark.slow) if m in LARGE else m for m in MODELS]
 
 
-def compose_run(*overrides: str):
-    with initialize_config_module(config_module="amint_pl.conf", version_base="1.3"):
-        return compose(config_name="run", overrides=list(overrides))
-
-
 @functools.cache
 def model_config(name: str) -> dict:
     """The `model` node as the LightningModule gets it: composed by Hydra, as a dict."""
-    return OmegaConf.to_container(compose_run(f"model={name}").model, resolve=True)
+    return OmegaConf.to_container(compose_config(f"model={name}").model, resolve=True)
 
 
 def all_preset_taps(model_cfg: dict) -> list[int]:
@@ -240,7 +233,7 @@ def test_active_step_reaches_head_and_tapped_stages(name: str):
         model_cfg, all_preset_taps(model_cfg), NUM_CLASSES, 3, 32
     )
     backbone.train()
-    head_cfg = OmegaConf.to_container(compose_run("mint=active").mint.head)
+    head_cfg = OmegaConf.to_container(compose_config("mint=active").mint.head)
     head = mint_head_from_config(head_cfg, [info.shape for info in backbone.tap_info])
 
     mint_grads = active_step(backbone, head)
@@ -327,7 +320,7 @@ def test_auto_patch_size_aims_at_an_8x8_token_grid(img_size: int, patch: int):
 
 def test_any_timm_model_by_name_with_default_presets():
     model_cfg = OmegaConf.to_container(
-        compose_run("model=timm", "model.name=resnet10t").model, resolve=True
+        compose_config("model=timm", "model.name=resnet10t").model, resolve=True
     )
     backbone = backbone_from_config(model_cfg, "output", NUM_CLASSES, 3, 32)
     assert [(i.index, i.module, i.shape) for i in backbone.tap_info] == [(4, "layer4", (512, 1, 1))]
@@ -380,8 +373,8 @@ def test_mint_head_takes_any_number_of_taps_of_any_shape():
 
 def test_head_presets_compose_for_every_mint_mode():
     for mode in ("active", "passive", "off"):
-        assert compose_run(f"mint={mode}").mint.head.conv_widths == [64, 64]
-    paper = OmegaConf.to_container(compose_run("mint=passive", "mint/head=paper").mint.head)
+        assert compose_config(f"mint={mode}").mint.head.conv_widths == [64, 64]
+    paper = OmegaConf.to_container(compose_config("mint=passive", "mint/head=paper").mint.head)
     assert paper["conv_widths"] == [1024, 2048] and paper["hidden"] == 128
     head = mint_head_from_config(paper, [(64, 8, 8), (64, 64)])
     assert head.branches[0][3].out_channels == 2048  # conv(1024), ReLU, max-pool, conv(2048)
@@ -394,3 +387,14 @@ def test_bad_head_configs_name_the_fix():
         mint_head_from_config({"width": 3}, [(8, 4, 4)])
     with pytest.raises(ConfigError, match="give two widths"):
         mint_head_from_config({"conv_widths": [8]}, [(8, 4, 4)])
+
+
+@pytest.mark.parametrize("name", ["mobilenet", "mobilenetv3", "mobilenetv3_small"])
+def test_efficientnet_family_starts_with_small_logits(name: str):
+    # timm's own classifier init gives logits of std ~4 at 10 classes (cross-entropy ~7).
+    model_cfg = compose_config(f"model={name}").model
+    torch.manual_seed(0)
+    backbone = backbone_from_config(model_cfg, "entry", 10, 1, 28)
+    with torch.no_grad():
+        logits, _ = backbone.train()(torch.randn(64, 1, 28, 28))
+    assert float(logits.std()) < 1.0

@@ -7,19 +7,18 @@ difference.
 """
 
 import csv
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
+from amint_pl.audit import main as audit
 from amint_pl.checkpoints import RESUMABLE_KEYS
 from amint_pl.status import PAUSE_ENV
-from tests.conftest import REPO, read_results, run_module
-from tests.shared_runs import DETERMINISTIC, three_epoch_run, train
+from tests.helpers import DETERMINISTIC, read_results, run_module, start_run, wait_for
+from tests.shared_runs import train
+
+pytestmark = pytest.mark.slow
 
 RUN = DETERMINISTIC
 TOLERANCE = 0.0  # CPU, deterministic: bit-identical
@@ -56,12 +55,12 @@ def assert_same(a, b):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """A 3-epoch aMINT run, started in an empty working directory (shared with test_audit)."""
-    return three_epoch_run(tmp_path_factory.getbasetemp())
+def uninterrupted(three_epoch_run):
+    """A 3-epoch aMINT run, started in an empty working directory (shared with test_audit):
+    (root, results.json, every path under root outside the run directory)."""
+    return three_epoch_run.root, three_epoch_run.results, three_epoch_run.outside
 
 
-@pytest.mark.slow
 def test_a_run_writes_only_inside_its_run_directory_and_data_folder(uninterrupted):
     _, results, outside = uninterrupted
     assert results["status"] == "completed"
@@ -69,7 +68,6 @@ def test_a_run_writes_only_inside_its_run_directory_and_data_folder(uninterrupte
     assert outside == ["cwd"]
 
 
-@pytest.mark.slow
 def test_same_seed_same_results(uninterrupted):
     root, results, _ = uninterrupted
     again = train(root, root / "again", "trainer.max_epochs=3")
@@ -91,7 +89,6 @@ def epoch_of(checkpoint):
     return torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"]
 
 
-@pytest.mark.slow
 def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted):
     root, _, _ = uninterrupted
     # Model selection on the lowest calibration AUC makes the first epoch the best: the run's
@@ -117,7 +114,6 @@ def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted):
     assert logged_epochs(run_dir / "attempts" / "1") == {"0", "1"}  # Lightning would delete these
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "trained_with"),
     [
@@ -144,41 +140,22 @@ def test_resume_refuses_a_changed_config_and_leaves_the_run_alone(
     assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
 
 
-def test_readme_lists_the_keys_a_resume_may_change():
-    readme = " ".join((REPO / "README.md").read_text().split())
-    listed = ", ".join(f"`{key}`" for key in RESUMABLE_KEYS)
-    assert f"Only {listed} may change" in readme
-
-
-@pytest.mark.slow
 def test_a_killed_run_keeps_its_checkpoint_says_failed_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "joint" / "last.ckpt"
-    log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "amint_pl.run",
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        proc = start_run(
+            log,
             *RUN,
             f"hydra.run.dir={run_dir}",
             f"paths.data_dir={tmp_path / 'data'}",
             "trainer.max_epochs=1000",
             "early_stopping_patience=1000",
-        ],
-        cwd=REPO,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 600
-    while not last.exists():
-        assert proc.poll() is None, (tmp_path / "run.log").read_text()[-3000:]
-        assert time.time() < deadline
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before it kills a job
-    assert proc.wait(timeout=300) != 0
-    log.close()
+        )
+        wait_for(proc, log_path, last.exists)
+        proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends before it kills a job
+        assert proc.wait(timeout=300) != 0
 
     results = read_results(run_dir)
     assert results["status"] == "failed" and results["error"].startswith("SIGTERMException")
@@ -194,60 +171,45 @@ def test_a_killed_run_keeps_its_checkpoint_says_failed_and_resumes(tmp_path):
     assert read_results(run_dir / "attempts" / "1")["status"] == "failed"
 
 
-def stop_at(stage, run_dir, *overrides):
-    """Start `python -m amint_pl.run` paused at the start of a stage (AMINT_PAUSE_AT_STAGE), send
-    it SIGTERM there, and return its results.json."""
-    log_path = run_dir.with_name(f"{run_dir.name}.log")
+def stop_at(stage, run_dir, *args):
+    """Start `python -m amint_pl.run <args>` paused at the start of a stage (AMINT_PAUSE_AT_STAGE),
+    send it SIGTERM there, and return its results.json."""
+    log_path = run_dir.with_name(f"{run_dir.name}-{stage}.log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "amint_pl.run", f"hydra.run.dir={run_dir}", *overrides],
-            cwd=REPO,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", **{PAUSE_ENV: stage}),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.time() + 600
-        while f"paused at stage {stage}" not in log_path.read_text():
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.time() < deadline
-            time.sleep(0.2)
+        proc = start_run(log, *args, **{PAUSE_ENV: stage})
+        wait_for(proc, log_path, lambda: f"paused at stage {stage}" in log_path.read_text())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=300) == 1
     return read_results(run_dir)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("stage", "resumed"),
-    # Stopped while splitting, a run resumes as one stopped while caching: no splits.npz yet.
-    [
-        ("caching", True),
-        ("splitting", False),
-        ("training", True),
-        ("evaluating", True),
-        ("reporting", True),
-    ],
-)
-def test_a_run_stopped_at_any_stage_says_where_and_resumes_to_the_same_results(
-    uninterrupted, tmp_path, stage, resumed
+STAGES = ("caching", "splitting", "training", "evaluating", "reporting")
+
+
+def test_a_run_stopped_at_every_stage_in_turn_says_where_and_ends_as_the_uninterrupted_one(
+    uninterrupted, tmp_path
 ):
+    """One run stopped at the start of each stage in turn, each attempt resumed with the command
+    its results.json gives, as it is: each stop says where it was, the run ends as if it had never
+    stopped, and every attempt's results are kept."""
     root, results, _ = uninterrupted
     run_dir = tmp_path / "run"
-    stopped = stop_at(
-        stage, run_dir, *RUN, f"paths.data_dir={root / 'data'}", "trainer.max_epochs=3"
-    )
-    assert stopped["status"] == "failed" and stopped["stage"] == stage
-    assert stopped["error"] == "SIGTERMException: interrupted"
-    assert stopped["resume_with"] == f"hydra.run.dir={run_dir} ckpt_path=last"
-    if resumed:
-        # The command results.json gives, as it is: the run ends as if it had never stopped.
-        proc = run_module("amint_pl.run", *stopped["resume_with"].split())
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert_same(results, read_results(run_dir))
+    command = [*RUN, f"hydra.run.dir={run_dir}", f"paths.data_dir={root / 'data'}"]
+    command.append("trainer.max_epochs=3")
+    for stage in STAGES:
+        stopped = stop_at(stage, run_dir, *command)
+        assert stopped["status"] == "failed" and stopped["stage"] == stage
+        assert stopped["error"] == "SIGTERMException: interrupted"
+        assert stopped["resume_with"] == f"hydra.run.dir={run_dir} ckpt_path=last"
+        command = stopped["resume_with"].split()
+    proc = run_module("amint_pl.run", *command)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same(results, read_results(run_dir))
+    kept = [read_results(run_dir / "attempts" / str(n))["stage"] for n in range(1, 6)]
+    assert kept == list(STAGES)
 
 
-@pytest.mark.slow
-def test_passive_run_resumes_in_either_phase(tmp_path):
+def test_passive_run_resumes_in_either_phase(tmp_path, capsys):
     """Passive MINT stopped in phase 1 (the audited model) or in phase 2 (the MINT head) and
     resumed: both end alike. Stopped in phase 1, phase 1 is resumed and phase 2 trains whole;
     stopped in phase 2, phase 1 ran whole and phase 2 is resumed: equal results mean each resumed
@@ -267,5 +229,7 @@ def test_passive_run_resumes_in_either_phase(tmp_path):
 
     # Its phase-1 checkpoint has an untrained MINT head: audit refuses it in one line.
     (audited,) = (in_phase_2 / "checkpoints" / "audited").glob("best-*.ckpt")
-    proc = run_module("amint_pl.audit", f"checkpoint={audited}", "inputs=split:all")
-    assert proc.returncode == 2 and "audit a checkpoint from checkpoints/mint_head/" in proc.stderr
+    with pytest.raises(SystemExit) as exit_:
+        audit([f"checkpoint={audited}", "inputs=split:all"])
+    assert exit_.value.code == 2
+    assert "audit a checkpoint from checkpoints/mint_head/" in capsys.readouterr().err

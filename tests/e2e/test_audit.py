@@ -1,5 +1,8 @@
 """`python -m amint_pl.audit`: a run's checkpoint scores new samples exactly as its training data
-was seen, reproduces the run's own numbers, and refuses files amint_pl did not write."""
+was seen, reproduces the run's own numbers, and refuses files amint_pl did not write.
+
+The command runs as a process where its output and exit code are the point (reproducing a run,
+bad settings); elsewhere `main` runs in this process on the real checkpoints of real runs."""
 
 import csv
 
@@ -8,26 +11,32 @@ import pytest
 import torch
 from PIL import Image
 
-from amint_pl.audit import Classes, main
+from amint_pl.audit import main
 from amint_pl.data.benchmarks import benchmark_from_config
 from amint_pl.data.splits import MembershipSplits
-from tests.conftest import run_module
-from tests.shared_runs import general_run, three_epoch_run
+from tests.helpers import run_module
 
-# Each test starts the entry points as processes: the full suite only (make test).
+# Each test reads the checkpoint of a real run: the full suite only (make test).
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(three_epoch_run):
     """A tiny aMINT run on digits (shared with test_resume): (run dir, best checkpoint, results)."""
-    root, results, _ = three_epoch_run(tmp_path_factory.getbasetemp())
-    run_dir = root / "full"
-    return run_dir, run_dir / results["best_checkpoints"]["joint"], results
+    run = three_epoch_run
+    return run.run_dir, run.checkpoint("joint"), run.results
 
 
 def audit(*settings):
     return run_module("amint_pl.audit", *settings)
+
+
+def refused(settings, capsys):
+    """`main(settings)` in this process, which must stop with exit code 2: its stderr."""
+    with pytest.raises(SystemExit) as exit_:
+        main(settings)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
 
 
 def read_csv(path):
@@ -64,7 +73,7 @@ def test_split_all_reproduces_the_runs_results(trained, tmp_path):
         assert int(row["member"]) == (float(row["membership_probability"]) >= threshold)
 
 
-def test_image_files_and_tensors_are_scored_as_training_saw_them(trained, tmp_path):
+def test_image_files_and_tensors_are_scored_as_training_saw_them(trained, tmp_path, capsys):
     run_dir, checkpoint, _ = trained
     config = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["config"]
     benchmark = benchmark_from_config(config["dataset"])
@@ -86,9 +95,9 @@ def test_image_files_and_tensors_are_scored_as_training_saw_them(trained, tmp_pa
         if n == 0:
             Image.fromarray(image[0], "L").convert("RGB").resize((32, 32)).save(folder / "big.png")
     out = tmp_path / "images.csv"
-    proc = audit(f"checkpoint={checkpoint}", f"inputs={folder}", "threshold=0.5", f"output={out}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "audit: 7 sample(s)" in proc.stdout and "threshold: 0.5 (given)" in proc.stdout
+    main([f"checkpoint={checkpoint}", f"inputs={folder}", "threshold=0.5", f"output={out}"])
+    stdout = capsys.readouterr().out
+    assert "audit: 7 sample(s)" in stdout and "threshold: 0.5 (given)" in stdout
     rows = {row["sample"]: row for row in read_csv(out)}
     assert set(rows) == {str(p) for p in paths} | {str(folder / "big.png")}
     scores = run_scores(run_dir)
@@ -103,8 +112,7 @@ def test_image_files_and_tensors_are_scored_as_training_saw_them(trained, tmp_pa
     torch.save(torch.from_numpy(images[:, 0].copy()), tmp_path / "images.pt")
     for name in ("images.npy", "images.pt"):
         out = tmp_path / f"{name}.csv"
-        proc = audit(f"checkpoint={checkpoint}", f"inputs={tmp_path / name}", f"output={out}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        main([f"checkpoint={checkpoint}", f"inputs={tmp_path / name}", f"output={out}"])
         got = [float(r["membership_probability"]) for r in read_csv(out)]
         want = [float(rows[str(p)]["membership_probability"]) for p in paths]
         assert got == pytest.approx(want, rel=1e-6)
@@ -123,7 +131,7 @@ class Payload:
         ("pickle", "is not a checkpoint amint_pl wrote"),
     ],
 )
-def test_a_checkpoint_amint_pl_did_not_write_is_refused(trained, tmp_path, damage, message):
+def test_a_checkpoint_amint_pl_did_not_write_is_refused(trained, tmp_path, capsys, damage, message):
     _, checkpoint, _ = trained
     path = tmp_path / "suspect.ckpt"
     state = torch.load(checkpoint, weights_only=True)
@@ -137,11 +145,9 @@ def test_a_checkpoint_amint_pl_did_not_write_is_refused(trained, tmp_path, damag
     elif damage == "pickle":
         state = {"state_dict": {}, "payload": Payload()}
     torch.save(state, path)
-    proc = audit(f"checkpoint={path}", "inputs=split:all")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith(f"error: {path}") and message in line
-    assert "Traceback" not in proc.stderr
+    stderr = refused([f"checkpoint={path}", "inputs=split:all"], capsys)
+    assert len(stderr.strip().splitlines()) == 1
+    assert stderr.startswith(f"error: {path}") and message in stderr
 
 
 @pytest.mark.parametrize(
@@ -170,13 +176,12 @@ def test_bad_audit_settings_are_one_line(tmp_path, settings, message):
 
 
 @pytest.fixture(scope="module")
-def general(tmp_path_factory):
+def general(general_run):
     """A tiny mint=active_general run on digits (shared with test_generalizing) and some of the
     samples it scored: misclassified ones first (where the label changes the head's input), then
     correctly classified ones.
     Returns (run dir, best checkpoint, [(pool, index, label, prediction, P(member))], images)."""
-    run_dir, results = general_run(tmp_path_factory.getbasetemp())
-    checkpoint = run_dir / results["best_checkpoints"]["joint"]
+    run_dir, checkpoint = general_run.run_dir, general_run.checkpoint("joint")
     scored = [
         (r["pool"], int(r["index"]), int(r["label"]), int(r["prediction"]), float(r["score_mint"]))
         for r in read_csv(run_dir / "scores.csv")
@@ -190,19 +195,6 @@ def general(tmp_path_factory):
     chosen = wrong + right
     images = np.stack([getattr(benchmark, pool).images[i] for pool, i, *_ in chosen])
     return run_dir, checkpoint, chosen, images
-
-
-def test_class_folders_are_read_by_the_names_the_data_set_gives_its_classes():
-    numbered = Classes(tuple(str(i) for i in range(10)))  # digits, MNIST, CIFAR-10, ...
-    assert [numbered.label(n) for n in ("3", "03", "10", "three")] == [3, 3, None, None]
-    gtsrb = Classes(tuple(f"{i:05d}" for i in range(43)))
-    assert [gtsrb.label(n) for n in ("00007", "7", "43")] == [7, 7, None]
-    # An image folder's classes are its sorted folder names: "10" sorts before "2".
-    folders = Classes(("0", "1", "10", "2"))
-    assert [folders.label(n) for n in ("10", "010", "2", "3")] == [2, 2, 3, None]
-    # Named classes (Tiny ImageNet's wnids, a user's folders): by name, or by index.
-    named = Classes(("cat", "dog"))
-    assert [named.label(n) for n in ("dog", "0", "2", "Dog")] == [1, 0, None, None]
 
 
 def save_png(image, path):

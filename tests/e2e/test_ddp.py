@@ -1,13 +1,14 @@
-"""DDP with real processes on the CPU (gloo): the balanced sampler's shards, 2 processes scoring like
-1, and DDP inside a Hydra multirun (each job trains in its own 2-process group)."""
+"""DDP with real processes on the CPU (gloo): 2 processes score like 1, and DDP inside a Hydra multirun
+gives each job its own 2-process group (tests/unit/test_training.py: the balanced sampler's
+shards)."""
 
 import csv
 
-import numpy as np
 import pytest
 
-from amint_pl.data.datamodule import BalancedBatchSampler
-from tests.conftest import TINY, read_results, run_dirs
+from tests.helpers import TINY, read_results, run_dirs
+
+pytestmark = pytest.mark.slow
 
 # debug=fast: 120 members (seen + unseen) and 120 external samples.
 MEMBERS = 120
@@ -28,27 +29,6 @@ NO_BATCHNORM = (
 )
 
 
-@pytest.mark.parametrize(("n_members", "world_size"), [(120, 2), (121, 2), (50, 3)])
-def test_balanced_sampler_shards_every_member_once_and_every_batch_balanced(n_members, world_size):
-    members, external = np.arange(n_members), np.arange(1000, 1000 + 37)
-    shards = [
-        list(BalancedBatchSampler(members, external, 16, seed=3, rank=r, world_size=world_size))
-        for r in range(world_size)
-    ]
-    assert (
-        len({len(batches) for batches in shards}) == 1
-    )  # every rank steps the same number of times
-    seen = []
-    for batches in shards:
-        for batch in batches:
-            is_member = np.asarray(batch) < 1000
-            assert is_member.sum() == (~is_member).sum()  # balanced on every rank
-            seen += [i for i in batch if i < 1000]
-    assert set(seen) == set(range(n_members))  # every member in the epoch
-    # ... once, but for the padding that gives every rank the same count (fewer than world_size).
-    assert len(seen) - n_members == -n_members % world_size
-
-
 def _scored_keys(run_dir):
     with open(run_dir / "scores.csv") as f:
         return sorted((r["pool"], int(r["index"]), r["role"]) for r in csv.DictReader(f))
@@ -66,15 +46,30 @@ def _assert_two_real_ranks(distributed, members=MEMBERS):
     assert distributed["members_covered"] == members
 
 
-@pytest.mark.slow
-def test_two_processes_score_like_one(run_amint):
+def test_two_processes_score_like_one_and_each_job_of_a_multirun_gets_its_own_two(
+    tmp_path, run_amint
+):
     # |E| = 2.5 |D|: all of E serves as MINT negatives only over 3 epochs of new batches.
     longer = ("dataset.splits.external=300", "trainer.max_epochs=3")
     _, one = run_amint(*TINY, *NO_BATCHNORM, *longer, "trainer=cpu", "batch_size=32")
-    _, two = run_amint(*TINY, *NO_BATCHNORM, *longer, "trainer=ddp_cpu", "batch_size=16")
+    # DDP inside a multirun: Lightning alone would train the second job in a 1-process group while
+    # reporting 2. The first job is the single-process run's twin.
+    ddp_run = (*TINY, *NO_BATCHNORM, *longer, "trainer=ddp_cpu", "batch_size=16")
+    run_amint(*ddp_run, "mint=active,passive", "-m")
+    jobs = sorted(
+        d for d in run_dirs(tmp_path / "runs") if d != one and (d / "results.json").is_file()
+    )
+    assert [d.name for d in jobs] == ["0", "1"] and jobs[0].parent == jobs[1].parent
+    for job, mode in zip(jobs, ("active", "passive"), strict=True):
+        results = read_results(job)
+        assert results["status"] == "completed" and results["mint_mode"] == mode
+        _assert_two_real_ranks(results["distributed"])
+        # The child rank ran this job only, in this job's directory (not the sweep again).
+        assert (job / "train_ddp_process_1.log").is_file()
+
+    two = jobs[0]
     single, ddp = read_results(one), read_results(two)
     assert single["distributed"]["process_group_size"] == 1
-    _assert_two_real_ranks(ddp["distributed"])
     for results in (single, ddp):
         assert results["training"]["members_used"] == MEMBERS
         assert results["training"]["external_used"] == 300
@@ -92,18 +87,3 @@ def test_two_processes_score_like_one(run_amint):
             d = ddp["membership"][protocol][method]
             assert (m["n_members"], m["n_nonmembers"]) == (d["n_members"], d["n_nonmembers"])
             assert abs(m["auc"] - d["auc"]) <= TOLERANCE, (protocol, method, m["auc"], d["auc"])
-
-
-@pytest.mark.slow
-def test_ddp_inside_a_multirun_gives_every_job_its_own_two_processes(tmp_path, run_amint):
-    # Lightning alone: the second job would train in a 1-process group while reporting 2.
-    proc, _ = run_amint(*TINY, "trainer=ddp_cpu", "mint=active,passive", "-m")
-    jobs = [d for d in run_dirs(tmp_path / "runs") if (d / "results.json").is_file()]
-    assert sorted(d.name for d in jobs) == ["0", "1"] and jobs[0].parent == jobs[1].parent
-    for job, mode in zip(sorted(jobs), ("active", "passive"), strict=True):
-        results = read_results(job)
-        assert results["status"] == "completed" and results["mint_mode"] == mode
-        _assert_two_real_ranks(results["distributed"])
-        # The child rank ran this job only, in this job's directory (not the sweep again).
-        assert (job / "train_ddp_process_1.log").is_file()
-    assert len(list(jobs[0].parent.glob("*/results.json"))) == 2

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "amint_pl"
+PACKAGE = Path(__file__).resolve().parents[2] / "amint_pl"
 # From the bottom up; a module may import its own layer and those below it.
 LAYERS = (
     ("amint_pl", "amint_pl.errors", "amint_pl.status", "amint_pl.checkpoints"),

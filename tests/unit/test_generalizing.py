@@ -15,8 +15,6 @@ from amint_pl.models.memory import (
 )
 from amint_pl.models.mint_head import MINTHead, output_statistics
 from amint_pl.training.module import role_positions
-from tests.conftest import run_module
-from tests.shared_runs import general_run
 
 SEEN, UNSEEN, EXTERNAL = (ROLE_CODES[r] for r in ("members_seen", "members_unseen", "external"))
 
@@ -131,23 +129,3 @@ def test_memory_settings_are_checked():
     ]:
         with pytest.raises(ConfigError, match=message):
             memory_from_config(bad, (1, 28, 28), 10)
-
-
-@pytest.mark.slow
-def test_the_general_preset_runs_and_audits_on_a_tiny_budget(tmp_path_factory, tmp_path):
-    run_dir, results = general_run(tmp_path_factory.getbasetemp())
-    assert results["status"] == "completed"
-    assert {"paper", "strict"} <= set(results["membership"])
-    assert 0.0 <= results["membership"]["strict"]["mint"]["auc"] <= 1.0
-    checkpoint = run_dir / results["best_checkpoints"]["joint"]
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
-    assert "memory.table.weight" in state and float(state["memory.table.weight"].abs().sum()) > 0
-    # The audit rebuilds the model, memory included, and reproduces the run's numbers.
-    proc = run_module(
-        "amint_pl.audit",
-        f"checkpoint={checkpoint}",
-        "inputs=split:all",
-        f"output={tmp_path / 'all.csv'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "reproduces results.json: every metric of every method" in proc.stdout

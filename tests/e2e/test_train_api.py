@@ -4,10 +4,9 @@ Hydra's compose API and trains in-process, with no Hydra run, and gets what the 
 import json
 
 import pytest
-from hydra import compose, initialize_config_module
 
 from amint_pl.run import train
-from tests.shared_runs import DETERMINISTIC, three_epoch_run
+from tests.helpers import DETERMINISTIC, compose_config
 
 # What must match the command line's run: every metric, and what they were computed on.
 SAME = (
@@ -31,12 +30,11 @@ SAME = (
 
 
 @pytest.mark.slow  # trains twice (the command line's run is shared with other modules)
-def test_train_in_process_matches_the_command_line(tmp_path_factory, tmp_path, monkeypatch):
-    root, cli, _ = three_epoch_run(tmp_path_factory.getbasetemp())
+def test_train_in_process_matches_the_command_line(three_epoch_run, tmp_path, monkeypatch):
+    root, cli = three_epoch_run.root, three_epoch_run.results
     monkeypatch.chdir(tmp_path)  # outside the repository, as a notebook elsewhere is
     overrides = [*DETERMINISTIC, "trainer.max_epochs=3", f"paths.data_dir={root / 'data'}"]
-    with initialize_config_module("amint_pl.conf", version_base="1.3"):
-        cfg = compose("run", overrides=overrides, return_hydra_config=True)
+    cfg = compose_config(*overrides, hydra=True)
     results = train(cfg, tmp_path / "notebook")
 
     assert json.loads((tmp_path / "notebook" / "results.json").read_text()) == json.loads(

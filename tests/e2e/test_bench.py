@@ -8,18 +8,12 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 
-from amint_pl.data.datamodule import MembershipDataModule
-from amint_pl.errors import ConfigError
-from amint_pl.training.module import AMINTModule, compile_mode
-from tests.conftest import REPO
+from tests.helpers import REPO
 
-sys.path.insert(0, str(REPO / "experiments"))
-import bench  # noqa: E402  (experiments/ is no package)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,6 @@ def _ratio(value):
     return value
 
 
-@pytest.mark.slow
 def test_quick_bench_reports_every_ratio(quick_bench):
     _, results = quick_bench
     model = results["models"]["small_cnn"]
@@ -65,7 +58,6 @@ def test_quick_bench_reports_every_ratio(quick_bench):
     assert results["pipeline"]["target"] == 3.0
 
 
-@pytest.mark.slow
 def test_lightning_and_raw_loop_do_identical_work(quick_bench):
     # Same weights, batches and loss: the last losses of both sides agree.
     _, results = quick_bench
@@ -73,7 +65,6 @@ def test_lightning_and_raw_loop_do_identical_work(quick_bench):
     assert check["same_work"] and check["last_loss_rel_diff"] < 1e-3
 
 
-@pytest.mark.slow
 def test_quick_bench_records_memory_scaling_and_the_machine(quick_bench):
     out, results = quick_bench
     lightning = results["models"]["small_cnn"]["lightning_vs_raw"]["lightning"]
@@ -85,44 +76,3 @@ def test_quick_bench_records_memory_scaling_and_the_machine(quick_bench):
     assert "--device cuda" in results["gpu"]["note"]
     table = (out / "bench-smoke.md").read_text()
     assert "Lightning vs raw loop" in table and "| (c) pipeline plain" in table
-
-
-def _one_step_loss(**model: bool) -> tuple[float, AMINTModule]:
-    """The loss of one real optimisation step on the bench's synthetic 32x32 data, from seed 0."""
-    settings = bench.Settings(batch_size=16, members=32)
-    cfg = bench.run_config(settings, "small_cnn", "active")
-    cfg["model"].update(model)
-    benchmark, splits = bench.data_for(settings.members, 0)
-    torch.manual_seed(0)
-    module = AMINTModule(cfg, benchmark.num_classes, 3, benchmark.mean, benchmark.std)
-    datamodule = MembershipDataModule(benchmark, splits, 16, 16, 0)
-    batch = next(iter(datamodule.train_dataloader()))
-    batch = module.on_after_batch_transfer(module.on_before_batch_transfer(batch, 0), 0)
-    optimizer = module.configure_optimizers()
-    loss = module.training_step(batch, 0)
-    loss.backward()
-    optimizer.step()
-    return float(loss.detach()), module
-
-
-@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_channels_last_trains_like_the_default():
-    plain, _ = _one_step_loss()
-    fast, module = _one_step_loss(channels_last=True)
-    assert fast == pytest.approx(plain, rel=1e-4)
-    first_conv = module.backbone.network.stages[0][0].weight
-    assert first_conv.is_contiguous(memory_format=torch.channels_last)
-
-
-def test_an_unknown_compile_mode_names_the_choices():
-    assert compile_mode(False) is None and compile_mode(True) == "default"
-    with pytest.raises(ConfigError, match=r"model.compile='fastest' is unknown: use false, true"):
-        compile_mode("fastest")
-
-
-def test_quick_figures_go_to_a_scratch_folder_unless_told():
-    """--quick never overwrites the measured experiments/results/bench-<machine>.*."""
-    assert bench.parse_args([]).out == bench.RESULTS
-    assert bench.parse_args(["--quick"]).out == bench.SCRATCH
-    assert not bench.SCRATCH.is_relative_to(REPO)
-    assert bench.parse_args(["--quick", "--out", "x"]).out == Path("x")

@@ -6,8 +6,6 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from amint_pl.data.benchmarks import benchmark_from_config
@@ -17,6 +15,7 @@ from amint_pl.evaluation.attacks import CLASSIC_ATTACKS, classic_attack_scores
 from amint_pl.evaluation.metrics import membership_metrics
 from amint_pl.models.outputs import true_label_log_probability
 from amint_pl.training.module import CALIB_MEMBERS, CALIB_NONMEMBERS, AMINTModule
+from tests.helpers import config_dict
 
 
 def _logits(probabilities):
@@ -59,17 +58,13 @@ def test_known_aucs_tell_the_attacks_apart():
 
 
 # ------------------------------------------------------------------------ membership curves
-def _config(*overrides: str) -> dict:
-    with initialize_config_module(config_module="amint_pl.conf", version_base="1.3"):
-        cfg = compose(config_name="run", overrides=["paths.output_dir=unused", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_membership_curves_are_logged_each_epoch_and_plotted(tmp_path):
     import lightning as L
     from lightning.pytorch.loggers import CSVLogger
 
-    cfg = _config("mint=active")
+    cfg = config_dict("mint=active")
     benchmark = benchmark_from_config(cfg["dataset"])
     splits = build_splits(
         len(benchmark.train), len(benchmark.test), SplitSizes(120, 0.25, 120, 80), seed=0

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import read_results, run_dirs, run_into
-from tests.test_benchmarks import (
+from tests.formats import (
     truncate,
     write_cifar,
     write_gtsrb,
@@ -21,6 +20,7 @@ from tests.test_benchmarks import (
     write_svhn,
     write_tiny_imagenet,
 )
+from tests.helpers import read_results, run_dirs, run_into
 
 # Each test starts the entry points as processes: the full suite only (make test).
 pytestmark = pytest.mark.slow

@@ -6,25 +6,18 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import OmegaConf
 
 from amint_pl.data.benchmarks import benchmark_from_config
 from amint_pl.data.datamodule import BalancedBatchSampler, MembershipDataModule
 from amint_pl.data.splits import ROLE_CODES, SplitSizes, build_splits
 from amint_pl.training.module import AMINTModule
-
-
-def _config(*overrides: str) -> dict:
-    with initialize_config_module(config_module="amint_pl.conf", version_base="1.3"):
-        cfg = compose(config_name="run", overrides=["paths.output_dir=unused", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+from tests.helpers import config_dict
 
 
 def _digits(sizes: SplitSizes):
     """Digits' pools and splits of the given sizes."""
-    benchmark = benchmark_from_config(_config()["dataset"])
+    benchmark = benchmark_from_config(config_dict()["dataset"])
     return benchmark, build_splits(len(benchmark.train), len(benchmark.test), sizes, seed=0)
 
 
@@ -35,7 +28,7 @@ def digits():
 
 def _module_and_batch(digits, *overrides):
     benchmark, splits = digits
-    cfg = _config(*overrides)
+    cfg = config_dict(*overrides)
     module = AMINTModule(
         cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
     )
@@ -130,6 +123,27 @@ def test_balanced_batches_visit_every_member_once_per_epoch():
     assert covered == set(members.tolist())
 
 
+@pytest.mark.parametrize(("n_members", "world_size"), [(120, 2), (121, 2), (50, 3)])
+def test_balanced_sampler_shards_every_member_once_and_every_batch_balanced(n_members, world_size):
+    members, external = np.arange(n_members), np.arange(1000, 1000 + 37)
+    shards = [
+        list(BalancedBatchSampler(members, external, 16, seed=3, rank=r, world_size=world_size))
+        for r in range(world_size)
+    ]
+    assert (
+        len({len(batches) for batches in shards}) == 1
+    )  # every rank steps the same number of times
+    seen = []
+    for batches in shards:
+        for batch in batches:
+            is_member = np.asarray(batch) < 1000
+            assert is_member.sum() == (~is_member).sum()  # balanced on every rank
+            seen += [i for i in batch if i < 1000]
+    assert set(seen) == set(range(n_members))  # every member in the epoch
+    # ... once, but for the padding that gives every rank the same count (fewer than world_size).
+    assert len(seen) - n_members == -n_members % world_size
+
+
 def test_training_batches_hold_members_and_external_only(digits):
     benchmark, splits = digits
     dm = MembershipDataModule(benchmark, splits, batch_size=64, eval_batch_size=64, seed=0)
@@ -157,7 +171,7 @@ class RecordBatches(L.Callback):
 def _fit(digits, max_epochs, tmp_path, ckpt_path=None):
     """A real Trainer fit of a tiny aMINT model: (recorded batches, datamodule, trainer)."""
     benchmark, splits = digits
-    cfg = _config("mint.weighting=fixed")
+    cfg = config_dict("mint.weighting=fixed")
     module = AMINTModule(
         cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
     )
@@ -184,9 +198,15 @@ def few_members():
     return _digits(SplitSizes(60, 0.2, 150, 100))
 
 
-def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, tmp_path):
+@pytest.fixture(scope="module")
+def four_epochs(few_members, tmp_path_factory):
+    """A 4-epoch fit on few_members: (recorded batches, datamodule, trainer)."""
+    return _fit(few_members, 4, tmp_path_factory.mktemp("four_epochs"))
+
+
+def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, four_epochs):
     _, splits = few_members
-    epochs, dm, _ = _fit(few_members, 4, tmp_path)
+    epochs, dm, _ = four_epochs
     assert len(epochs) == 4
     members, external = set(splits.members.tolist()), set(splits["external"].tolist())
     ext = ROLE_CODES["external"]
@@ -209,8 +229,8 @@ def test_every_epoch_draws_new_batches_and_all_of_e_serves(few_members, tmp_path
     }
 
 
-def test_a_resumed_run_continues_the_same_sequence_of_batches(few_members, tmp_path):
-    whole, dm_whole, _ = _fit(few_members, 4, tmp_path / "whole")
+def test_a_resumed_run_continues_the_same_sequence_of_batches(few_members, four_epochs, tmp_path):
+    whole, dm_whole, _ = four_epochs
     first, _, _ = _fit(few_members, 2, tmp_path / "stopped")
     rest, dm_rest, _ = _fit(
         few_members, 4, tmp_path / "stopped", tmp_path / "stopped" / "last.ckpt"

@@ -1,36 +1,18 @@
-"""Validation at the edge: a bad setting stops `python -m amint_pl.run` with one line naming the fix,
-exit code 2, before any data is decoded or any step trained; an existing run is never overwritten."""
+"""Validation of the composed config: every setting it refuses, with the message that names the fix
+(tests/e2e/test_validation.py: the entry point stops on them before data or training)."""
 
 import re
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from amint_pl.errors import AmintError
 from amint_pl.validation import validate_config, with_optim_group, with_timm_config
-from tests.conftest import TINY, read_results, run_dirs, run_module
+from tests.helpers import compose_config
 
 # MNIST's files are absent here: an error about anything else proves nothing was decoded first.
 NO_DATA = "dataset=mnist"
-
-
-def _run(tmp_path, *overrides):
-    return run_module(
-        "amint_pl.run",
-        *TINY,
-        f"paths.log_dir={tmp_path / 'runs'}",
-        f"paths.data_dir={tmp_path / 'data'}",
-        *overrides,
-    )
-
-
-def _one_line_error(proc, message):
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and message in lines[-1], lines[-1]
-    assert "Traceback" not in proc.stderr
 
 
 # Every setting validate_config refuses, on the really composed config (in process: fast).
@@ -73,8 +55,7 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
 
 
 def _compose(*overrides):
-    with initialize_config_module(config_module="amint_pl.conf", version_base="1.3"):
-        return compose(config_name="run", overrides=["paths.output_dir=unused", *overrides])
+    return compose_config("paths.output_dir=unused", *overrides)
 
 
 @pytest.mark.parametrize(("override", "message"), REFUSED)
@@ -130,53 +111,3 @@ def test_each_optimiser_is_built_from_its_config(optim, built):
 @pytest.mark.parametrize("option", ["small_cnn", "resnet18", "vit_tiny", "mobilenetv3_small"])
 def test_shipped_models_pass(option):
     validate_config(_compose(NO_DATA, f"model={option}", "mint=passive"))
-
-
-@pytest.mark.slow
-def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
-    proc = _run(tmp_path, "dataset.augmnt=flip_crop")
-    _one_line_error(proc, "Could not override 'dataset.augmnt'. Key 'augmnt' is not in struct")
-    assert "add a new key with a leading +" in proc.stderr
-    assert not (tmp_path / "runs").exists()
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("overrides", "message"),
-    [
-        ((NO_DATA, "mint.taps=[7]"), "index 7 is out of range; this model has stages 0..2"),
-        # Split sizes need the pool sizes: digits loads in a blink, then build_splits refuses.
-        (("dataset.splits.members=5000",), "exceeds the train pool (1258): lower them"),
-        ((NO_DATA, "seed=abc"), "seed=abc must be an integer"),
-        pytest.param((NO_DATA, "trainer=gpu"), "torch sees no GPU here", marks=NO_GPU),
-    ],
-)
-def test_the_entry_point_stops_before_data_or_training(tmp_path, overrides, message):
-    proc = _run(tmp_path, *overrides)
-    _one_line_error(proc, message)
-    (run_dir,) = run_dirs(tmp_path / "runs")
-    assert not (run_dir / "checkpoints").exists()  # nothing trained
-    assert not (tmp_path / "data").exists()  # nothing decoded or cached
-    results = read_results(run_dir)  # a sweep still sees why this job failed
-    assert results["status"] == "failed" and message in results["error"]
-    # A setting to fix: no resume command, a new run.
-    assert results["stage"] in ("validating", "splitting") and "resume_with" not in results
-
-
-@pytest.mark.slow
-def test_an_existing_run_directory_is_never_overwritten(tmp_path):
-    run_dir = tmp_path / "earlier"
-    run_dir.mkdir()
-    (run_dir / "notes.txt").write_text("mine")
-    proc = _run(tmp_path, f"hydra.run.dir={run_dir}")
-    _one_line_error(proc, "already holds a run: pick a new hydra.run.dir")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt"]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("run_dir", [None, "empty"])
-def test_resume_needs_the_run_directory(tmp_path, run_dir):
-    extra = [f"hydra.run.dir={tmp_path / run_dir}"] if run_dir else []
-    proc = _run(tmp_path, "ckpt_path=last", *extra)
-    _one_line_error(proc, "ckpt_path=last resumes a run in its own directory")
-    assert not (tmp_path / "runs").exists() and not (tmp_path / "empty").exists()
