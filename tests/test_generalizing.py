@@ -264,7 +264,7 @@ def test_robustness_scores_every_transformation_and_method_on_a_run(tmp_path_fac
     ]
     transforms = ["none", "hflip", "shift2", "crop90", "jpeg75", "noise4", "gamma"]
     # The run: mint=active_general, trained under flip_crop augmentation.
-    methods = ["mint_exact_flip_crop", "loss_exact_flip_crop", "exact_hash"]
+    methods = ["mint_robust_flip_crop", "loss_robust_flip_crop", "exact_hash"]
     assert [(r["transform"], r["method"]) for r in rows] == [
         (t, m) for t in transforms for m in methods
     ]
@@ -274,7 +274,7 @@ def test_robustness_scores_every_transformation_and_method_on_a_run(tmp_path_fac
     assert float(by["none", "exact_hash"]["tpr01_strict"]) == 1.0
     assert float(by["noise4", "exact_hash"]["auc_strict"]) == 0.5
     # Untouched, the head scores as the run reported (the same members and non-members).
-    assert float(by["none", "mint_exact_flip_crop"]["auc_strict"]) == pytest.approx(
+    assert float(by["none", "mint_robust_flip_crop"]["auc_strict"]) == pytest.approx(
         results["membership"]["strict"]["mint"]["auc"], abs=1e-6
     )
     assert by["none", "exact_hash"]["aud_test_acc"] == "" and all(r["seed"] == "0" for r in rows)

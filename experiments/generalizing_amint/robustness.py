@@ -42,8 +42,8 @@ from amint_pl.evaluation.metrics import auc, tpr_at_fpr
 
 COLUMNS = ("transform", "method", "seed", "auc_strict", "tpr01_strict", "aud_test_acc")
 DEFAULT_OUT = Path("experiments/results/generalizing/robustness.csv")
-# The seed of the transformations' random draws (offset per transformation): every run and
-# method meets the same changed images.
+# The seed of the transformations' random draws (offset by the transformation's place in
+# TRANSFORMS): every run and method meets the same changed images.
 DRAW_SEED = 0
 
 
@@ -153,8 +153,9 @@ def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
     tag, seed = method_tag(config), int(config["seed"])
     batch = int(config.get("eval_batch_size") or 512)
     out = []
-    for k, name in enumerate(transforms):
-        changed = TRANSFORMS[name](images, np.random.default_rng(DRAW_SEED + k))
+    for name in transforms:
+        draws = np.random.default_rng(DRAW_SEED + list(TRANSFORMS).index(name))
+        changed = TRANSFORMS[name](images, draws)
         logits, mint = mint_score(
             module, Samples(changed, [{}] * len(changed), None, labels), batch
         )
