@@ -237,7 +237,12 @@ def _check_model(cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
         with torch.device(device):
             backbone = backbone_from_config(cfg["model"], mint["taps"], num_classes, channels, size)
             shapes = [tuple(t.shape) for t in backbone.tap_info]
-            memory = memory_from_config(mint.get("memory"), (channels, size, size), num_classes)
+            memory = memory_from_config(
+                mint.get("memory"),
+                (channels, size, size),
+                num_classes,
+                int(dataset["splits"]["members"]),
+            )
             features = (mint.get("head") or {}).get("output_features") or ()
             if "memory" in features and memory is None and mint["mode"] != "off":
                 raise ConfigError(

@@ -85,6 +85,8 @@ NUM_CLASSES, IMAGE_SIZE, CHANNELS = 10, 32, 3
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 TARGETS = {"lightning_vs_raw": 0.9, "pipeline": 3.0}
 MIB = 2**20
+# The members the membership memory's larger table is sized for: the paper's MNIST split.
+MEMORY_MEMBERS = 25000
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -258,9 +260,14 @@ def data_for(members: int, seed: int) -> tuple[Benchmark, MembershipSplits]:
 
 
 def run_config(
-    settings: Settings, model: str, mode: str = "active", taps: Sequence[int] | None = None
+    settings: Settings,
+    model: str,
+    mode: str = "active",
+    taps: Sequence[int] | None = None,
+    members: int | None = None,
 ) -> dict[str, Any]:
-    """The real composed run config (conf/), for this model, mint mode and the fast paths."""
+    """The real composed run config (conf/), for this model, mint mode and the fast paths.
+    `members`: the members the membership memory's table is sized for (default: the bench's)."""
     overrides = [
         "paths.output_dir=unused",
         "dataset=cifar10",  # 32x32, 3 channels, no augmentation; its files are never read
@@ -271,6 +278,7 @@ def run_config(
         f"model.channels_last={settings.channels_last}",
         f"model.compile={settings.compile}",
         f"dataset.on_device={settings.on_device}",
+        f"dataset.splits.members={members or settings.members}",
     ]
     if taps is not None:
         overrides.append(f"mint.taps=[{','.join(str(t) for t in taps)}]")
@@ -329,6 +337,18 @@ class StepClock(L.Callback):
             sync(self.device)
             self.stop = stamp()
             self.last_loss = float(outputs["loss"])
+
+
+def parameter_count(cfg: dict[str, Any], benchmark: Benchmark) -> dict[str, int]:
+    """The parameters of a config's model: the audited model's (the membership memory's table
+    apart) and the MINT head's."""
+    module = AMINTModule(
+        cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
+    )
+    memory = 0 if module.memory is None else module.memory.table.weight.numel()
+    head = 0 if module.mint_head is None else sum(p.numel() for p in module.mint_head.parameters())
+    network = sum(p.numel() for p in module.backbone.parameters())
+    return {"network": network, "memory": memory, "mint_head": head}
 
 
 def lightning_run(
@@ -504,11 +524,21 @@ def bench_model(settings: Settings, model: str, device: torch.device) -> dict[st
     """(a) Lightning vs raw loop, (b) active vs off and the fast paths, for one model."""
     data = data_for(settings.members, settings.seed)
     active, off = run_config(settings, model, "active"), run_config(settings, model, "off")
+    # The membership memory (mint=active_general): its table sized for the bench's members and
+    # for the paper's 25,000 (the same batches: what a larger table costs a step).
+    general = {
+        "general": run_config(settings, model, "active_general"),
+        "general_25k": run_config(settings, model, "active_general", members=MEMORY_MEMBERS),
+    }
     # Lightning active in the middle: next to both of its references in every repeat.
     variants: dict[str, Callable[[], Run]] = {
         "raw_active": lambda: raw_run(settings, active, data, device),
         "lightning_active": lambda: lightning_run(settings, active, data, device),
         "lightning_off": lambda: lightning_run(settings, off, data, device),
+        **{
+            f"lightning_{name}": lambda c=cfg: lightning_run(settings, c, data, device)
+            for name, cfg in general.items()
+        },
     }
     fast = {}
     if settings.fast_paths and not settings.channels_last:
@@ -542,6 +572,23 @@ def bench_model(settings: Settings, model: str, device: torch.device) -> dict[st
             "ratio": paired_ratio(lightning, runs["lightning_off"], "samples_per_s"),
             "cpu_time_ratio": paired_ratio(lightning, runs["lightning_off"], "samples_per_cpu_s"),
             "epoch_time_ratio": paired_ratio(runs["lightning_off"], lightning, "samples_per_s"),
+        },
+    }
+    result["memory"] = {
+        "parameters": {
+            name: parameter_count(cfg, data[0])
+            for name, cfg in {"active": active, **general}.items()
+        },
+        "members": {"general": settings.members, "general_25k": MEMORY_MEMBERS},
+        **{
+            name: {
+                "on": summary(runs[f"lightning_{name}"]),
+                "ratio": paired_ratio(runs[f"lightning_{name}"], lightning, "samples_per_s"),
+                "cpu_time_ratio": paired_ratio(
+                    runs[f"lightning_{name}"], lightning, "samples_per_cpu_s"
+                ),
+            }
+            for name in general
         },
     }
     if fast:
@@ -839,6 +886,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_fmt(b['off']['samples_per_s'] / 2)} | **{b['ratio']:.2f}** (epoch x{b['epoch_time_ratio']:.2f}) "
             f"| {b['cpu_time_ratio']:.2f} | - |"
         )
+        mem = r["memory"]
+        for name in ("general", "general_25k"):
+            n = mem["parameters"][name]
+            lines.append(
+                f"| (b) {model}: mint=active_general (memory {n['memory'] / 1e6:.1f}M parameters, "
+                f"sized for {mem['members'][name]} members) vs mint=active, samples/s "
+                f"| {_fmt(mem[name]['on']['samples_per_s'])} | {_fmt(a['lightning']['samples_per_s'])} "
+                f"| {mem[name]['ratio']:.2f} | {mem[name]['cpu_time_ratio']:.2f} | - |"
+            )
         for name, f in r.get("fast_paths", {}).items():
             lines.append(
                 f"| {model}: {name} vs without, samples/s | {_fmt(f['on']['samples_per_s'])} "

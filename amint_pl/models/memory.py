@@ -7,21 +7,29 @@ calibrated on an early checkpoint ~0.62 (experiments/generalizing_amint/README.m
 head learns about members it never saw as positives cannot exceed that trace. The memory makes
 the trace by design. It hashes each input image with SimHash: `bands` codes of `bits` random
 hyperplane signs over the image's fine detail (pooled to at most 32x32, minus its 3x3 local mean,
-centred). It looks each code up in a table of `buckets` rows of class logits, sums the rows over
-the bands and adds them (times `scale`) to the network's logits. The table starts at zero; only
-the cross-entropy gradient of the samples the model trains on writes into it (the MINT gradient
-does not: the head reads it detached, and with `mint.head.detach_outputs`, the default, the
-class logits too). So every trained sample, MINT positive or not, leaves logits in the rows of
-its own codes, and an image that was never trained on finds rows that nothing, or a random
-collision, wrote.
+centred). It looks each band's code up in that band's own table of class logits (`buckets` rows
+per band; `auto` sizes them from the members so that at most 5% of the rows are written), sums the
+rows over the bands and adds them (times `scale`) to the network's logits. The tables start at
+zero; only the cross-entropy gradient of the samples the model trains on writes into them (the
+MINT gradient does not: the head reads them detached, and with `mint.head.detach_outputs`, the
+default, the class logits too). The memory writes its rows itself (`write`, plain descent on the
+rows a batch touched): an optimiser's dense update of every row would cost each step the whole
+table. So every trained sample, MINT positive or not, leaves logits in the rows of its own codes,
+and an image that was never trained on finds rows that nothing, or a random collision, wrote.
+
+Two records (`record`): `exact` hashes the whole detail as given; `robust` hashes the detail of
+the image's interior and keeps, per band, the smaller code of the image and of its mirror, so
+that a mirrored copy has the same codes, and with `query_shifts` the evaluation reads every
+shift of the interior window up to that many pixels and answers with the one whose rows carry
+the most evidence, so that a copy moved by a few pixels is found.
 
 It is in effect a record of the training inputs, kept by the model itself:
 - It is part of the deployed classifier: its logits are in every prediction, and any training
-  loop that optimises `model.parameters()` on cross-entropy writes into it.
+  loop that trains on cross-entropy and calls `write` after the backward pass writes into it.
 - It records each sample as the data set holds it: under augmentation the network trains on the
-  augmented view and the memory on the clean image (`AMINTModule.on_after_batch_transfer`). An
-  image shifted or flipped before the audit hashes differently and shows no imprint; light noise
-  and JPEG leave most codes intact.
+  augmented view and the memory on the clean image (`AMINTModule.on_after_batch_transfer`).
+  What changes the fine detail itself (a crop resized back, JPEG, noise) changes codes: see
+  experiments/generalizing_amint/README.md for what each record survives.
 - A developer who freezes or drops it keeps no record: like all of aMINT it audits a developer
   who trains with the auditor's recipe, including on data they did not declare.
 - It is a membership record anyone holding the model can read (`memory_margin`): it makes the
@@ -30,6 +38,7 @@ It is in effect a record of the training inputs, kept by the model itself:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,7 +49,25 @@ from torch import nn
 from amint_pl.errors import ConfigError
 
 # The settings (`mint.memory.*`) and their defaults when a memory is built.
-DEFAULTS = {"bands": 16, "bits": 24, "buckets": 262144, "scale": 1.0, "seed": 0}
+DEFAULTS = {
+    "bands": 16,
+    "bits": 24,
+    "buckets": "auto",
+    "scale": 1.0,
+    "seed": 0,
+    "write_rate": 0.05,
+    "record": "exact",
+    "query_shifts": 0,
+}
+# The records: `exact` hashes the image's fine detail as given; `robust` takes, band by band, the
+# smaller of the codes of the image and of its horizontal mirror. With `query_shifts` either
+# hashes the interior: a border as wide as the largest queried shift plus the detail's reach.
+RECORDS = ("exact", "robust")
+# `buckets: auto` gives each band the smallest power of two of rows that the members fill to at
+# most this share (each member writes one row per band).
+MAX_OCCUPANCY = 0.05
+# How far the fine detail reaches: each pixel minus the mean of its 3x3 neighbourhood.
+DETAIL_REACH = 1
 # The largest side the image is average-pooled to before hashing (keeps the projection small).
 HASH_SIDE = 32
 # splitmix64's increment and multipliers, as the int64 values of their 64-bit patterns.
@@ -62,6 +89,12 @@ def splitmix64(x: torch.Tensor) -> torch.Tensor:
     return x ^ _shift_right(x, 31)
 
 
+def rows_per_band(members: int) -> int:
+    """`buckets: auto`: the smallest power of two of rows per band that `members` samples fill to
+    at most MAX_OCCUPANCY."""
+    return 1 << max(1, math.ceil(math.log2(max(members, 1) / MAX_OCCUPANCY)))
+
+
 class MembershipMemory(nn.Module):
     """SimHash codes of the input image -> summed rows of a zero-initialised table of class logits.
 
@@ -71,9 +104,16 @@ class MembershipMemory(nn.Module):
         bands: the number of hash codes per image (rows summed per image).
         bits: hyperplane signs per code (more bits: fewer collisions between different images,
             and less tolerance to small changes of the same image).
-        buckets: rows in the table (the codes are hashed into them).
+        buckets: rows per band (each band has a table of its own; the codes are hashed into it).
         scale: the factor on the memory's logits before they are added to the network's.
         seed: the seed of the random hyperplanes (fixed per model; stored in the state dict).
+        write_rate: how far one training step moves a row it touches (`write`): the table is
+            written by the memory, not by the optimiser, so a step costs the rows the batch
+            touched, whatever the table's size.
+        record: `exact` or `robust` (RECORDS).
+        query_shifts: at evaluation, each image is also read shifted by up to this many pixels in
+            each direction, and the shift whose rows carry the most evidence answers (the
+            `robust` record leaves out a border wide enough for it).
     """
 
     def __init__(
@@ -82,48 +122,148 @@ class MembershipMemory(nn.Module):
         num_classes: int,
         bands: int = DEFAULTS["bands"],
         bits: int = DEFAULTS["bits"],
-        buckets: int = DEFAULTS["buckets"],
+        buckets: int = 262144,
         scale: float = DEFAULTS["scale"],
         seed: int = DEFAULTS["seed"],
+        write_rate: float = DEFAULTS["write_rate"],
+        record: str = DEFAULTS["record"],
+        query_shifts: int = DEFAULTS["query_shifts"],
     ) -> None:
         super().__init__()
         channels, height, width = in_shape
         self.side = (min(height, HASH_SIDE), min(width, HASH_SIDE))
         self.bands, self.bits, self.buckets, self.scale = bands, bits, buckets, scale
+        self.write_rate, self.record, self.query_shifts = write_rate, record, query_shifts
+        # The border a shifted window of the detail must stay clear of: the shift plus the
+        # detail's reach (the exact record queried unshifted hashes the whole image).
+        exact_whole = record == "exact" and not query_shifts
+        self.border = 0 if exact_whole else query_shifts + DETAIL_REACH
+        inner = (self.side[0] - 2 * self.border, self.side[1] - 2 * self.border)
+        if min(inner) < 2:
+            raise ConfigError(
+                f"mint.memory.query_shifts={query_shifts} leaves no image to hash at "
+                f"{self.side[0]}x{self.side[1]}: use a smaller shift"
+            )
         generator = torch.Generator().manual_seed(seed)
-        dims = channels * self.side[0] * self.side[1]
+        dims = channels * inner[0] * inner[1]
         self.register_buffer("hyperplanes", torch.randn(dims, bands * bits, generator=generator))
         # One random salt per band, mixed into the code before hashing: each band hashes apart.
         self.register_buffer("band_salts", torch.randint(0, 2**62, (bands,), generator=generator))
         self.register_buffer("bit_values", 2 ** torch.arange(bits), persistent=False)
-        self.table = nn.EmbeddingBag(buckets, num_classes, mode="sum")
+        self.register_buffer("band_offsets", torch.arange(bands) * buckets, persistent=False)
+        # One table of `buckets` rows per band, stacked; gradients are sparse (the rows touched).
+        self.table = nn.EmbeddingBag(bands * buckets, num_classes, mode="sum", sparse=True)
         nn.init.zeros_(self.table.weight)
 
-    def codes(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, bands) table rows of a batch of preprocessed images (B, C, H, W)."""
-        # In float64: a float32 product's rounding depends on the batch's size and layout, and
-        # a sign that flips between the training and the audit batch would change the code.
+    def detail(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) the fine detail of preprocessed images: pooled to at most HASH_SIDE, minus
+        the 3x3 local mean, in float64 (a float32 product's rounding depends on the batch's size
+        and layout, and a sign that flips between the training and the audit batch would change
+        the code)."""
         x = inputs.double()
         if tuple(x.shape[-2:]) != self.side:
             x = F.adaptive_avg_pool2d(x, self.side)
-        # The fine detail (the image minus its 3x3 local mean) sets one image apart from similar
-        # ones: hashing the whole image let look-alike images of a class share codes.
-        x = x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-        x = x.flatten(1)
+        # The fine detail sets one image apart from similar ones: hashing the whole image let
+        # look-alike images of a class share codes.
+        reach = 2 * DETAIL_REACH + 1
+        return x - F.avg_pool2d(x, reach, stride=1, padding=DETAIL_REACH, count_include_pad=False)
+
+    def window_codes(self, detail: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
+        """(B, bands) table rows of the detail's window shifted by (dy, dx) from the centre."""
+        b = self.border
+        h, w = detail.shape[-2:]
+        window = detail[..., b + dy : h - b + dy, b + dx : w - b + dx]
+        rows = self._rows_of(window)
+        if self.record == "robust":
+            # The smaller code of the window and of its mirror, band by band: a mirrored image
+            # has the same codes.
+            rows = torch.minimum(rows, self._rows_of(window.flip(-1)))
+        return rows + self.band_offsets
+
+    def _rows_of(self, window: torch.Tensor) -> torch.Tensor:
+        x = window.flatten(1)
         x = x - x.mean(1, keepdim=True)
         return self.rows(x @ self.hyperplanes.double() > 0)
 
+    def codes(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, bands) table rows of a batch of preprocessed images (B, C, H, W), unshifted."""
+        return self.window_codes(self.detail(inputs))
+
     def rows(self, signs: torch.Tensor) -> torch.Tensor:
-        """(B, bands) table rows of (B, bands * bits) hyperplane signs: each band's code (its
-        `bits` signs as a number), salted and mixed by splitmix64, modulo `buckets`. Every sign
-        bit reaches every bit of the hash, so all `bits` count whatever the number of buckets."""
+        """(B, bands) rows within each band's table of (B, bands * bits) hyperplane signs: each
+        band's code (its `bits` signs as a number), salted and mixed by splitmix64, modulo
+        `buckets`. Every sign bit reaches every bit of the hash, so all `bits` count whatever
+        the number of buckets."""
         signs = signs.long().view(len(signs), self.bands, self.bits)
         code = (signs * self.bit_values).sum(-1)
         return torch.remainder(splitmix64(code ^ self.band_salts), self.buckets)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, num_classes) memory logits, already times `scale`."""
-        return self.scale * self.table(self.codes(inputs))
+        """(B, num_classes) memory logits, already times `scale`. In training the image as given;
+        at evaluation, with `query_shifts`, the shift of the image whose rows answer strongest."""
+        if self.training or not self.query_shifts:
+            return self.scale * self.table(self.codes(inputs))
+        detail, best, strength = self.detail(inputs), None, None
+        span = range(-self.query_shifts, self.query_shifts + 1)
+        for dy in span:
+            for dx in span:
+                logits = self.table(self.window_codes(detail, dy, dx))
+                evidence = logits.max(1).values - logits.mean(1)
+                if best is None:
+                    best, strength = logits, evidence
+                else:
+                    better = evidence > strength
+                    best = torch.where(better[:, None], logits, best)
+                    strength = torch.maximum(strength, evidence)
+        return self.scale * best
+
+    @torch.no_grad()
+    def write(self) -> None:
+        """Write the gradient of the training loss into the table and clear it: each row the
+        batch touched moves against its gradient, scaled so that its largest entry moves by
+        `write_rate` (a sample's label gains `write_rate` per band and visit, however well the
+        network already fits it: a step proportional to the gradient would leave well-fitted
+        members almost no trace). A training loop calls it after the backward pass, in place of
+        an optimiser step for the table. Under distributed training every process writes the
+        rows of every process's batch."""
+        grad = self.table.weight.grad
+        if grad is None:
+            return
+        self.table.weight.grad = None
+        grad = grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rows, values = _gather_rows(rows, values)
+            # Rows two processes touched: their gradients add, as in one batch.
+            rows, inverse = torch.unique(rows, return_inverse=True)
+            values = values.new_zeros(len(rows), values.shape[1]).index_add_(0, inverse, values)
+        largest = values.abs().amax(1, keepdim=True)
+        step = torch.where(largest > 0, values / largest.clamp_min(1e-30), 0.0)
+        self.table.weight.index_add_(0, rows, step, alpha=-self.write_rate)
+
+    def occupancy(self) -> float:
+        """The share of the table's rows that something wrote (a non-zero row)."""
+        return float((self.table.weight != 0).any(1).double().mean())
+
+
+def _gather_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every process's (rows, values), concatenated, on every process."""
+    world = torch.distributed.get_world_size()
+    counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
+    torch.distributed.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
+    most = int(max(c.item() for c in counts))
+    padded_rows = torch.zeros(most, dtype=rows.dtype, device=rows.device)
+    padded_values = torch.zeros(most, values.shape[1], dtype=values.dtype, device=values.device)
+    padded_rows[: len(rows)], padded_values[: len(rows)] = rows, values
+    all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
+    all_values = [torch.empty_like(padded_values) for _ in range(world)]
+    torch.distributed.all_gather(all_rows, padded_rows)
+    torch.distributed.all_gather(all_values, padded_values)
+    n = [int(c.item()) for c in counts]
+    return (
+        torch.cat([r[:k] for r, k in zip(all_rows, n, strict=True)]),
+        torch.cat([v[:k] for v, k in zip(all_values, n, strict=True)]),
+    )
 
 
 def memory_margin(memory_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -133,9 +273,13 @@ def memory_margin(memory_logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 
 def memory_from_config(
-    memory_cfg: Mapping[str, Any] | None, in_shape: tuple[int, int, int], num_classes: int
+    memory_cfg: Mapping[str, Any] | None,
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    members: int | None = None,
 ) -> MembershipMemory | None:
-    """The memory a `mint.memory` config node describes; None when `bands` is 0 (the default)."""
+    """The memory a `mint.memory` config node describes; None when `bands` is 0 (the default).
+    `members`: the number of samples the model trains on, which `buckets: auto` sizes from."""
     cfg = dict(memory_cfg or {})
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
@@ -146,14 +290,32 @@ def memory_from_config(
         return None
     values = {**DEFAULTS, **cfg}
     bands, bits, buckets, scale = (values[k] for k in ("bands", "bits", "buckets", "scale"))
+    rate, record, shifts = (values[k] for k in ("write_rate", "record", "query_shifts"))
     if not isinstance(bands, int) or bands < 0:
         raise ConfigError(f"mint.memory.bands={bands}: use a whole number >= 1, or 0 (no memory)")
     if not isinstance(bits, int) or not 1 <= bits <= 30:
         raise ConfigError(f"mint.memory.bits={bits}: use a whole number from 1 to 30")
+    if buckets == "auto":
+        buckets = rows_per_band(members or 1)
     if not isinstance(buckets, int) or buckets < 2:
-        raise ConfigError(f"mint.memory.buckets={buckets}: use a whole number >= 2")
+        raise ConfigError(f"mint.memory.buckets={buckets}: use a whole number >= 2, or auto")
     if not isinstance(scale, int | float) or scale <= 0:
         raise ConfigError(f"mint.memory.scale={scale}: use a number > 0")
+    if not isinstance(rate, int | float) or rate <= 0:
+        raise ConfigError(f"mint.memory.write_rate={rate}: use a number > 0")
+    if record not in RECORDS:
+        raise ConfigError(f"mint.memory.record={record}: use one of {', '.join(RECORDS)}")
+    if not isinstance(shifts, int) or shifts < 0:
+        raise ConfigError(f"mint.memory.query_shifts={shifts}: use a whole number >= 0")
     return MembershipMemory(
-        in_shape, num_classes, bands, bits, buckets, float(scale), int(values["seed"])
+        in_shape,
+        num_classes,
+        bands,
+        bits,
+        buckets,
+        float(scale),
+        int(values["seed"]),
+        float(rate),
+        str(record),
+        shifts,
     )

@@ -175,7 +175,10 @@ class AMINTModule(L.LightningModule):
         # The membership memory (mint.memory.bands > 0; models/memory.py): a part of the audited
         # model whose logits add to the backbone's, written by the cross-entropy gradient alone.
         self.memory = memory_from_config(
-            mint.get("memory"), (channels, img_size, img_size), num_classes
+            mint.get("memory"),
+            (channels, img_size, img_size),
+            num_classes,
+            int(dataset["splits"]["members"]),
         )
         self.mint_head = (
             mint_head_from_config(
@@ -438,9 +441,13 @@ class AMINTModule(L.LightningModule):
 
     # ---------------------------------------------------------------------------- optimiser
     def audited_parameters(self) -> list[torch.nn.Parameter]:
-        """The audited model's parameters: the backbone's and the membership memory's."""
-        memory = [] if self.memory is None else list(self.memory.parameters())
-        return list(self.backbone.parameters()) + memory
+        """The audited model's parameters the optimiser updates: the backbone's (the membership
+        memory's table is written by the memory itself, `on_before_optimizer_step`)."""
+        return list(self.backbone.parameters())
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.memory is not None:
+            self.memory.write()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.phase == "mint_head":

@@ -1,19 +1,32 @@
-"""How much does a run's membership detection survive small changes of the audited images?
+"""Does a run's membership detection survive what real copies of an image go through?
 
-The membership memory (`mint=active_general`) hashes the image exactly as the model saw it, so an
-image changed before the audit (noise, a one-pixel shift, a flip, JPEG) may lose its trace. This
-scores a finished run's reported members and non-members through `amint_pl.audit`'s own loading
-and scoring, once per perturbation, and prints the MINT head's AUC in both protocols, the LOSS
-attack's, and the audited test accuracy:
+For each finished run, the strict protocol's reported members (trained on, never MINT positives)
+and every reported test non-member are changed by each transformation below, then scored by
+three methods; one CSV row per transformation x method x run seed:
 
-    python experiments/generalizing_amint/robustness.py <run dir> [--out table.md]
+- `mint_<record>`: the run's MINT head, through `amint_pl.audit`'s own loading and scoring (with
+  the membership memory, `<record>` is its `mint.memory.record`, with `_flip_crop` when the run
+  trained under augmentation; without one, `none`);
+- `loss_<record>`: the LOSS attack on the same model (minus the log loss at the label);
+- `exact_hash`: an auditor who keeps the SHA-256 of every training image (hit = member).
+
+    python experiments/generalizing_amint/robustness.py <run dir> [<run dir> ...] \\
+        [--out experiments/results/generalizing/robustness.csv] [--append] [--plot robustness.png]
+
+Columns: transform, method, seed, auc_strict, tpr01_strict (TPR at 0.1% FPR), aud_test_acc (the
+audited model's accuracy on the transformed test non-members; empty for `exact_hash`). An
+existing CSV is refused unless --append adds to it (rows already there, by transform, method and
+seed, are kept and not written twice).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import io
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,80 +35,234 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from amint_pl.audit import (
-    Samples,
-    build_module,
-    load_checkpoint,
-    load_run_splits,
-    read_split,
-    score,
-)
-from amint_pl.evaluation.metrics import auc
+from amint_pl.audit import Samples, build_module, load_checkpoint, load_run_splits, read_split
+from amint_pl.audit import score as mint_score
+from amint_pl.data.datamodule import POOL_NAMES
+from amint_pl.evaluation.metrics import auc, tpr_at_fpr
+
+COLUMNS = ("transform", "method", "seed", "auc_strict", "tpr01_strict", "aud_test_acc")
+DEFAULT_OUT = Path("experiments/results/generalizing/robustness.csv")
+# The seed of the transformations' random draws (offset by the transformation's place in
+# TRANSFORMS): every run and method meets the same changed images.
+DRAW_SEED = 0
 
 
-def jpeg(images: np.ndarray, quality: int) -> np.ndarray:
-    out = np.empty_like(images)
-    for i, image in enumerate(images):
-        buffer = io.BytesIO()
-        Image.fromarray(image.transpose(1, 2, 0).squeeze(-1)).save(buffer, "JPEG", quality=quality)
-        decoded = np.asarray(Image.open(buffer))
-        out[i] = decoded.reshape(image.shape[1], image.shape[2], -1).transpose(2, 0, 1)
+def _pil(image: np.ndarray) -> Image.Image:
+    """A uint8 (C, H, W) image as Pillow's grey or RGB image."""
+    return Image.fromarray(
+        image.transpose(1, 2, 0).squeeze(-1) if len(image) == 1 else image.transpose(1, 2, 0)
+    )
+
+
+def _array(picture: Image.Image, channels: int) -> np.ndarray:
+    out = np.asarray(picture)
+    return out.reshape(*out.shape[:2], channels).transpose(2, 0, 1)
+
+
+def hflip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return np.ascontiguousarray(images[..., ::-1])
+
+
+def shift(images: np.ndarray, rng: np.random.Generator, most: int = 2) -> np.ndarray:
+    """Each image moved by (dy, dx), both within [-most, most] and not both 0; black fills."""
+    out = np.zeros_like(images)
+    moves = [(dy, dx) for dy in range(-most, most + 1) for dx in range(-most, most + 1) if dy or dx]
+    height, width = images.shape[-2:]
+    for i, k in enumerate(rng.integers(0, len(moves), len(images))):
+        dy, dx = moves[k]
+        out[i, :, max(dy, 0) : height + min(dy, 0), max(dx, 0) : width + min(dx, 0)] = images[
+            i, :, max(-dy, 0) : height + min(-dy, 0), max(-dx, 0) : width + min(-dx, 0)
+        ]
     return out
 
 
-def noise(images: np.ndarray, levels: int, seed: int = 0) -> np.ndarray:
-    step = np.random.default_rng(seed).integers(-levels, levels + 1, images.shape)
-    return np.clip(images.astype(np.int16) + step, 0, 255).astype(np.uint8)
+def crop(images: np.ndarray, rng: np.random.Generator, share: float = 0.9) -> np.ndarray:
+    """A crop of `share` of each side at a random place, resized back (Pillow, bilinear)."""
+    height, width = images.shape[-2:]
+    h, w = round(share * height), round(share * width)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        top, left = rng.integers(0, height - h + 1), rng.integers(0, width - w + 1)
+        part = _pil(np.ascontiguousarray(image[:, top : top + h, left : left + w]))
+        out[i] = _array(part.resize((width, height), Image.BILINEAR), len(image))
+    return out
 
 
-PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "none": lambda x: x,
-    "noise +-1 grey level": lambda x: noise(x, 1),
-    "noise +-4 grey levels": lambda x: noise(x, 4),
-    "JPEG quality 95": lambda x: jpeg(x, 95),
-    "shift 1 pixel right": lambda x: np.roll(x, 1, axis=-1),
-    "horizontal flip": lambda x: np.ascontiguousarray(x[..., ::-1]),
+def jpeg(images: np.ndarray, rng: np.random.Generator, quality: int = 75) -> np.ndarray:
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        _pil(image).save(buffer, "JPEG", quality=quality)
+        out[i] = _array(Image.open(buffer), len(image))
+    return out
+
+
+def noise(images: np.ndarray, rng: np.random.Generator, sigma: float = 4.0) -> np.ndarray:
+    """Gaussian noise of `sigma` grey levels (of 255), rounded and clipped."""
+    noisy = np.round(images + rng.normal(0.0, sigma, images.shape))
+    return np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def gamma(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """255 * (x / 255) ** g, g log-uniform in [0.8, 1.25] per image."""
+    g = np.exp(rng.uniform(np.log(0.8), np.log(1.25), (len(images), 1, 1, 1)))
+    return np.clip(np.round(255.0 * (images / 255.0) ** g), 0, 255).astype(np.uint8)
+
+
+TRANSFORMS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "none": lambda images, rng: images,
+    "hflip": hflip,
+    "shift2": shift,
+    "crop90": crop,
+    "jpeg75": jpeg,
+    "noise4": noise,
+    "gamma": gamma,
 }
+
+
+def image_hash(image: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
+
+
+def method_tag(config: dict) -> str:
+    """`<record>` of the run's membership memory (`none` without one), `_flip_crop` when it
+    trained under augmentation."""
+    memory = config["mint"].get("memory") or {}
+    tag = str(memory.get("record", "exact")) if memory.get("bands") else "none"
+    augment = config["dataset"].get("augment", "none")
+    return tag if augment == "none" else f"{tag}_{augment}"
+
+
+def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
+    results = json.loads((run_dir / "results.json").read_text())
+    path = run_dir / list(results["best_checkpoints"].values())[-1]
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["hyper_parameters"]["config"]
+    module = build_module(checkpoint, path, "cpu")
+    splits, benchmark = load_run_splits(run_dir, checkpoint, path)
+    members, nonmembers = splits.reported("strict")
+    samples = read_split(("members_unseen", "nonmembers_eval"), splits, benchmark)
+    pool_id, index, _ = samples.catalogue
+    train = pool_id == POOL_NAMES.index("train")
+    is_member = train & np.isin(index, members)
+    is_nonmember = ~train & np.isin(index, nonmembers)
+    keep = is_member | is_nonmember
+    images, labels, is_member = samples.images[keep], samples.labels[keep], is_member[keep]
+    training = benchmark.train.images[splits.members]
+    hashes = {image_hash(image) for image in training}
+    tag, seed = method_tag(config), int(config["seed"])
+    batch = int(config.get("eval_batch_size") or 512)
+    out = []
+    for name in transforms:
+        draws = np.random.default_rng(DRAW_SEED + list(TRANSFORMS).index(name))
+        changed = TRANSFORMS[name](images, draws)
+        logits, mint = mint_score(
+            module, Samples(changed, [{}] * len(changed), None, labels), batch
+        )
+        loss = F.cross_entropy(
+            torch.from_numpy(logits), torch.from_numpy(labels), reduction="none"
+        ).numpy()
+        accuracy = float((logits.argmax(1) == labels)[~is_member].mean())
+        hit = np.array([image_hash(image) in hashes for image in changed], dtype=np.float64)
+        for method, scores, acc in (
+            (f"mint_{tag}", mint, accuracy),
+            (f"loss_{tag}", -loss, accuracy),
+            ("exact_hash", hit, None),
+        ):
+            member_scores, nonmember_scores = scores[is_member], scores[~is_member]
+            row = {
+                "transform": name,
+                "method": method,
+                "seed": seed,
+                "auc_strict": round(auc(member_scores, nonmember_scores), 6),
+                "tpr01_strict": round(tpr_at_fpr(member_scores, nonmember_scores, 0.001), 6),
+                "aud_test_acc": "" if acc is None else round(acc, 6),
+            }
+            out.append(row)
+            print(",".join(str(row[c]) for c in COLUMNS), flush=True)
+    return out
+
+
+def write_rows(path: Path, rows: list[dict], append: bool) -> None:
+    kept: list[dict] = []
+    if path.exists():
+        with path.open(newline="") as handle:
+            kept = list(csv.DictReader(handle))
+    have = {(r["transform"], r["method"], str(r["seed"])) for r in kept}
+    new = [r for r in rows if (r["transform"], r["method"], str(r["seed"])) not in have]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a" if kept else "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if not kept:
+            writer.writeheader()
+        writer.writerows(new)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    """AUC and TPR at 0.1% FPR per transformation and method: the mean over seeds, the range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    transforms = list(dict.fromkeys(r["transform"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.3 * len(transforms)), 7), sharex=True)
+    width = 0.8 / len(methods)
+    for ax, key, label, target in (
+        (axes[0], "auc_strict", "strict AUC", 0.95),
+        (axes[1], "tpr01_strict", "strict TPR at 0.1% FPR", 0.90),
+    ):
+        for m, method in enumerate(methods):
+            values = [
+                [float(r[key]) for r in rows if r["method"] == method and r["transform"] == t]
+                for t in transforms
+            ]
+            mean = [np.mean(v) if v else np.nan for v in values]
+            low = [m_ - min(v) if v else 0 for m_, v in zip(mean, values, strict=True)]
+            high = [max(v) - m_ if v else 0 for m_, v in zip(mean, values, strict=True)]
+            x = np.arange(len(transforms)) + (m - (len(methods) - 1) / 2) * width
+            ax.bar(x, mean, width, yerr=[low, high], label=method, capsize=2)
+        ax.axhline(target, color="k", ls="--", lw=0.8)
+        ax.set_ylabel(label)
+        ax.set_ylim(0, 1.02)
+    axes[1].set_xticks(range(len(transforms)), transforms)
+    axes[0].legend(fontsize=7, ncol=3, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("run_dirs", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--append", action="store_true", help="add to an existing CSV")
+    parser.add_argument("--plot", type=Path, default=None, help="default: the CSV's name, .png")
+    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=TRANSFORMS)
     args = parser.parse_args()
-    results = json.loads((args.run_dir / "results.json").read_text())
-    path = args.run_dir / list(results["best_checkpoints"].values())[-1]
-    checkpoint = load_checkpoint(path)
-    module = build_module(checkpoint, path, "cpu")
-    splits, benchmark = load_run_splits(args.run_dir, checkpoint, path)
-    roles = ("members_seen", "members_unseen", "nonmembers_eval")
-    samples = read_split(roles, splits, benchmark)
-    role = np.array([r["role"] for r in samples.rows])
-    labels = samples.labels
-    lines = [
-        "| perturbation | paper MINT AUC | strict MINT AUC | strict LOSS AUC | test accuracy |",
-        "|---|---|---|---|---|",
-    ]
-    for name, perturb in PERTURBATIONS.items():
-        changed = Samples(perturb(samples.images), samples.rows, samples.catalogue)
-        logits, mint = score(module, changed, 512)
-        loss = F.cross_entropy(
-            torch.from_numpy(logits), torch.from_numpy(labels), reduction="none"
-        ).numpy()
-        out = role == "nonmembers_eval"
-        seen, unseen = role == "members_seen", role == "members_unseen"
-        accuracy = float((logits.argmax(1) == labels)[out].mean())
-        lines.append(
-            f"| {name} | {auc(mint[seen], mint[out]):.3f} | {auc(mint[unseen], mint[out]):.3f} "
-            f"| {auc(-loss[unseen], -loss[out]):.3f} | {accuracy:.3f} |"
+    if args.out.exists() and not args.append:
+        print(
+            f"error: {args.out} exists: give --append to add to it, or another --out",
+            file=sys.stderr,
         )
-        print(lines[-1], flush=True)
-    table = "\n".join(lines) + "\n"
-    print(f"\n{args.run_dir}\n{table}")
-    if args.out:
-        args.out.write_text(table)
+        sys.exit(2)
+    for run_dir in args.run_dirs:
+        if not (run_dir / "results.json").is_file():
+            print(
+                f"error: {run_dir} has no results.json: give a finished run's directory",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+    rows = [row for run_dir in args.run_dirs for row in rows_of_run(run_dir, args.transforms)]
+    write_rows(args.out, rows, args.append)
+    with args.out.open(newline="") as handle:
+        everything = list(csv.DictReader(handle))
+    plot(args.plot or args.out.with_suffix(".png"), everything)
+    print(f"wrote {args.out} ({len(everything)} rows) and its plot")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """The generalizing-aMINT preset in a tiny real run: its memory trains, and the audit rebuilds it."""
 
+import csv
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from tests.helpers import run_module
+from tests.helpers import REPO, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -25,3 +29,56 @@ def test_the_general_preset_runs_and_audits_on_a_tiny_budget(general_run, tmp_pa
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reproduces results.json: every metric of every method" in proc.stdout
+
+
+ROBUSTNESS = REPO / "experiments" / "generalizing_amint" / "robustness.py"
+
+
+@pytest.mark.slow
+def test_robustness_scores_every_transformation_and_method_on_a_run(general_run, tmp_path):
+    run_dir, results = general_run.run_dir, general_run.results
+    out = tmp_path / "robustness.csv"
+    proc = subprocess.run(
+        [sys.executable, str(ROBUSTNESS), str(run_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == [
+        "transform",
+        "method",
+        "seed",
+        "auc_strict",
+        "tpr01_strict",
+        "aud_test_acc",
+    ]
+    transforms = ["none", "hflip", "shift2", "crop90", "jpeg75", "noise4", "gamma"]
+    # The run: mint=active_general, trained under flip_crop augmentation.
+    methods = ["mint_robust_flip_crop", "loss_robust_flip_crop", "exact_hash"]
+    assert [(r["transform"], r["method"]) for r in rows] == [
+        (t, m) for t in transforms for m in methods
+    ]
+    by = {(r["transform"], r["method"]): r for r in rows}
+    # The hash list knows every untouched training image and no changed one.
+    assert float(by["none", "exact_hash"]["auc_strict"]) == 1.0
+    assert float(by["none", "exact_hash"]["tpr01_strict"]) == 1.0
+    assert float(by["noise4", "exact_hash"]["auc_strict"]) == 0.5
+    # Untouched, the head scores as the run reported (the same members and non-members).
+    assert float(by["none", "mint_robust_flip_crop"]["auc_strict"]) == pytest.approx(
+        results["membership"]["strict"]["mint"]["auc"], abs=1e-6
+    )
+    assert by["none", "exact_hash"]["aud_test_acc"] == "" and all(r["seed"] == "0" for r in rows)
+    assert out.with_suffix(".png").stat().st_size > 0
+    # An existing CSV is refused without --append, and kept as it was.
+    before = out.read_text()
+    again = subprocess.run(
+        [sys.executable, str(ROBUSTNESS), str(run_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 2 and again.stderr.startswith("error: ")
+    assert out.read_text() == before

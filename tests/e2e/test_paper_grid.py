@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, read_results, run_dirs
-from tests.test_benchmarks import write_cifar, write_mnist_files
+from tests.formats import write_cifar, write_mnist_files
+from tests.helpers import REPO, read_results, run_dirs
 
 pytestmark = pytest.mark.slow
 
