@@ -51,6 +51,15 @@ def number(text: str) -> float | None:
     return float(text) if text not in ("", None) else None
 
 
+def interval(row: dict[str, str] | None) -> tuple[float, float] | None:
+    """The MINT AUC's confidence interval of a row, "[low, high]" in the CSV."""
+    text = (row or {}).get("mint_auc_paper_ci", "")
+    if not text:
+        return None
+    low, high = text.strip("[]").split(",")
+    return float(low), float(high)
+
+
 def cell(text: str) -> str:
     return text if text else "-"
 
@@ -129,6 +138,9 @@ def targets(rows: list[dict[str, str]]) -> list[str]:
         beats = "-"
         if act_auc is not None and pas_auc is not None and loss_auc is not None:
             beats = "yes" if act_auc > max(pas_auc, loss_auc) else "**no**"
+            low, high = interval(active), interval(passive)
+            if beats == "yes" and low and high and low[0] <= high[1]:
+                beats = "**tie with passive** (95% CIs overlap)"
 
         def show(v: float | None) -> str:
             return "-" if v is None else f"{v:.3f}"
@@ -182,7 +194,8 @@ def main() -> int:
         "paper's column is MNIST (Table 1): a different, easier data set, and accuracy at "
         "threshold 0.5 on its own protocol, so compare its MINT accuracy with our 'bal. acc "
         "@0.5' loosely. Recipes: `ours` = the run defaults (Adam lr 1e-3); `paper` = "
-        "`experiment=paper` (Adam lr 1e-4, the paper's head).",
+        "`experiment=paper` (Adam lr 1e-4, the paper's head). Minutes are wall time on 2 CPU "
+        "cores shared with other jobs (load 6-10): compare rows with each other, loosely.",
         "",
         *run_table(rows),
         "",
