@@ -8,7 +8,7 @@ run's results.json, and writes a table (study.csv, study.md), a per-variant summ
         --variants paper_faithful general_preset --out experiments/results/generalizing \
         -- "model.kwargs.widths=[16,32,64]" trainer.max_epochs=15
 
-Each variant is a list of Hydra overrides (VARIANTS below); the base setting is the issue's:
+Each variant is a list of Hydra overrides (VARIANTS below); the base setting is the study's:
 Fashion-MNIST, 5,000 MINT-positive members + 1,000 CE-only members, 5,000 external samples.
 """
 

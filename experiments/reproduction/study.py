@@ -1,6 +1,6 @@
 """The reproduction study: the paper's six architectures on real Fashion-MNIST, one run per row.
 
-Each row is one `python -m amint_pl.run` at the issue's budget (5,000 MINT-positive and 1,000
+Each row is one `python -m amint_pl.run` at the study's budget (5,000 MINT-positive and 1,000
 CE-only members, 5,000 external samples, 10 epochs) and appends one line to the CSV as soon as it
 finishes, so an interrupted study keeps what it measured and a second call runs only the rows the
 CSV lacks. Rows run in the order below: the cheap, decisive ones first.
@@ -55,7 +55,7 @@ COLUMNS = (
     "run_dir",
     "date",
 )
-# The issue's budget: 6,000 members of which 1/6 never serve as MINT positives, 5,000 external.
+# The budget: 6,000 members of which 1/6 never serve as MINT positives, 5,000 external.
 CSV_LOCK = threading.Lock()
 BUDGET = (
     "dataset=fashion_mnist",

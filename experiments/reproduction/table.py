@@ -4,7 +4,7 @@
 
 Reads `fashion_mnist.csv` (one row per run, written by study.py) and the paper's figures
 (experiments/reference/), writes `fashion_mnist.md`: every run, then per architecture whether the
-issue's targets hold, then the rows of the plan not yet run (the table says "partial" while any
+study's targets hold, then the rows of the plan not yet run (the table says "partial" while any
 are left).
 """
 
@@ -108,7 +108,7 @@ def run_table(rows: list[dict[str, str]]) -> list[str]:
 
 
 def targets(rows: list[dict[str, str]]) -> list[str]:
-    """Per architecture (seed 0, our recipe, light head): the issue's three targets."""
+    """Per architecture (seed 0, our recipe, light head): the study's three targets (accuracy kept, aMINT over passive and LOSS)."""
     by = defaultdict(dict)
     for r in rows:
         if r["seed"] == "0" and r["recipe"] == "ours":
