@@ -37,7 +37,7 @@ from PIL import Image
 
 from amint_pl.audit import Samples, build_module, load_checkpoint, load_run_splits, read_split
 from amint_pl.audit import score as mint_score
-from amint_pl.data.datamodule import POOL_NAMES
+from amint_pl.data.splits import POOL_NAMES
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
 
 COLUMNS = ("transform", "method", "seed", "auc_strict", "tpr01_strict", "aud_test_acc")
