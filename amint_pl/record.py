@@ -53,22 +53,21 @@ def config_digest(cfg: DictConfig) -> str:
 
 
 def versions() -> dict[str, str]:
-    import hydra
-    import lightning
-    import timm
+    """The versions the run ran with, read from the installed packages' metadata (importing timm
+    only for its version would cost a run that does not use it seconds)."""
+    from importlib.metadata import version
+
     import torch
-    import torchmetrics
 
     from amint_pl import __version__
 
+    packages = {"lightning": "lightning", "timm": "timm", "torchmetrics": "torchmetrics"}
     return {
         "amint_pl": __version__,
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "lightning": lightning.__version__,
-        "timm": timm.__version__,
-        "torchmetrics": torchmetrics.__version__,
-        "hydra": hydra.__version__,
+        "torch": torch.__version__,  # with its build (+cpu, +cu130), which metadata leaves out
+        **{name: version(dist) for name, dist in packages.items()},
+        "hydra": version("hydra-core"),
     }
 
 
@@ -101,6 +100,34 @@ def log_run_directory(output_dir: Path) -> None:
     log.info("run directory: %s (%s)", output_dir, ", ".join(written))
     if (output_dir / "wandb").is_dir() and any((output_dir / "wandb").glob("offline-run-*")):
         log.info("W&B offline: wandb sync %s uploads it", output_dir / "wandb" / "offline-run-*")
+
+
+def new_record(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) -> dict[str, Any]:
+    """results.json as a run starts: what it is (stages, metrics and the outcome join later)."""
+    from amint_pl.loggers import mint_label
+
+    return {
+        "status": "running",
+        "run_dir": str(output_dir),
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "mint_mode": mint_label(cfg, choices),
+        "choices": choices,
+        "taps": cfg.mint.taps if isinstance(cfg.mint.taps, str) else list(cfg.mint.taps),
+        "seed": cfg.seed,
+    }
+
+
+def log_start(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) -> None:
+    log.info(
+        "run %s: %s, seed %s, up to %s epochs, batch size %s, lr %s",
+        output_dir,
+        " ".join(f"{group}={option}" for group, option in choices.items()),
+        cfg.seed,
+        cfg.trainer.max_epochs,
+        cfg.batch_size,
+        cfg.optim.lr,
+    )
 
 
 def record_failure(results: dict[str, Any], err: BaseException, output_dir: Path) -> None:

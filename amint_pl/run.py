@@ -33,6 +33,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from amint_pl import config_dir
 from amint_pl.errors import AmintError, ConfigError
+from amint_pl.loggers import build_loggers, run_choices
+from amint_pl.record import (
+    config_digest,
+    finish_run,
+    log_run_directory,
+    log_start,
+    new_record,
+    record_failure,
+    resolved_config,
+    set_up_logging,
+    versions,
+)
 from amint_pl.status import RunStatus, Stages, StopOnSigterm
 from amint_pl.training.resume import (
     check_resume,
@@ -70,37 +82,20 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         AmintError: a setting or file to fix (results.json records it, status failed).
     """
     from amint_pl.distributed import JobProcesses, is_rank_zero
-    from amint_pl.loggers import mint_label, run_choices
-    from amint_pl.record import (
-        config_digest,
-        finish_run,
-        record_failure,
-        resolved_config,
-        set_up_logging,
-        versions,
-    )
     from amint_pl.training.module import phases_of
 
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     choices = run_choices(cfg)
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    hydra_run = HydraConfig.get() if HydraConfig.initialized() else None
+    multirun = hydra_run is not None and hydra_run.mode == RunMode.MULTIRUN
+    subdir = hydra_run.output_subdir if hydra_run is not None else None
     attempt = output_dir / subdir if subdir else None  # the config Hydra wrote for this attempt
     cfg = resolved_config(cfg, output_dir)
     rank_zero = is_rank_zero()
     set_up_logging(rank_zero)
-    results: dict[str, Any] = {
-        "status": "running",
-        "run_dir": str(output_dir),
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "mint_mode": mint_label(cfg, choices),
-        "choices": choices,
-        "taps": cfg.mint.taps if isinstance(cfg.mint.taps, str) else list(cfg.mint.taps),
-        "seed": cfg.seed,
-    }
+    results = new_record(cfg, output_dir, choices)
     status = RunStatus(output_dir, enabled=rank_zero)
     stages = Stages(results, status, rank_zero)
     with StopOnSigterm():
@@ -114,15 +109,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             results.update(config_digest=config_digest(cfg), versions=versions())
             stages.enter("validating")
             validate_config(cfg)  # before any data is decoded: one line that names the fix
-            log.info(
-                "run %s: %s, seed %s, up to %s epochs, batch size %s, lr %s",
-                output_dir,
-                " ".join(f"{g}={o}" for g, o in choices.items()),
-                cfg.seed,
-                cfg.trainer.max_epochs,
-                cfg.batch_size,
-                cfg.optim.lr,
-            )
+            log_start(cfg, output_dir, choices)
             # Correct DDP inside a sweep too: this job's ranks only, nothing left for the next job.
             with JobProcesses(multirun, cfg.trainer.get("strategy", "auto")) as job:
                 plan = resume_plan(cfg.ckpt_path, output_dir, phases_of(cfg.mint.mode))
@@ -154,42 +141,26 @@ def _experiment(
 
     from amint_pl.data.datamodule import RunDataModule
     from amint_pl.data.splits import PROTOCOLS, SplitSizes
-    from amint_pl.distributed import gather_predictions
-    from amint_pl.evaluation.publish import publish_results, summary_metrics
-    from amint_pl.evaluation.report import (
-        audited_accuracy,
-        membership_results,
-        scored_samples,
-        table_text,
-        write_report,
-    )
-    from amint_pl.loggers import build_loggers, finish_wandb, mint_label
-    from amint_pl.record import log_run_directory
+    from amint_pl.evaluation.evaluate import evaluate, report
+    from amint_pl.evaluation.report import table_text
     from amint_pl.training.module import AMINTModule
     from amint_pl.training.phases import HEAD_MONITOR, build_trainer, fit_phases, quiet_lightning
 
     quiet_lightning()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    rank_zero = stages.rank_zero
+    sizes = SplitSizes(**OmegaConf.to_container(cfg.dataset.splits))
     datamodule = RunDataModule(
         cfg.dataset,
-        SplitSizes(**OmegaConf.to_container(cfg.dataset.splits)),
+        sizes,
         output_dir / "splits.npz",
         int(cfg.batch_size),
         int(cfg.eval_batch_size),
         int(cfg.seed),
-        write_splits=rank_zero,
+        write_splits=stages.rank_zero,
         on_stage=stages.enter,
     )
     datamodule.prepare_data()  # the stages caching and splitting: before the model is built
-    benchmark, splits = datamodule.benchmark, datamodule.splits
-    log.info(
-        "data %s: pools train %d, test %d; splits %s",
-        cfg.dataset.name,
-        len(benchmark.train),
-        len(benchmark.test),
-        ", ".join(f"{role} {len(idx)}" for role, idx in splits.indices.items()),
-    )
+    splits = datamodule.splits
     if cfg.attack.reference:  # bad settings or a stale cache stop before anything trains
         from amint_pl.training.reference import check_reference_models
 
@@ -203,79 +174,26 @@ def _experiment(
         extra = [job.shard_report]
         return build_trainer(cfg, output_dir, phase, monitor, loggers, extra, status=stages.status)
 
-    trainer, best_checkpoints = fit_phases(
-        module,
-        datamodule,
-        plan,
-        trainer_of,
-        output_dir,
-        rank_zero,
-        on_phase=lambda phase: stages.enter("training", phase=phase),
+    def on_phase(phase: str) -> None:
+        stages.enter("training", phase=phase)
+
+    trainer, best = fit_phases(
+        module, datamodule, plan, trainer_of, output_dir, stages.rank_zero, on_phase=on_phase
     )
     stages.results.pop("phase", None)
     stages.enter("evaluating")
-    # Under DDP each rank scored its shard: every rank gets them all (and the per-rank counts).
-    samples = scored_samples(gather_predictions(trainer.predict(module, datamodule=datamodule)))
-    distributed = job.shard_report.report()
-    reference_attack = None
-    if cfg.attack.reference:  # the opt-in reference-model attack joins the scored methods
-        scores, reference_attack = _reference_attack(
-            cfg, benchmark, splits, samples, module, output_dir
-        )
-        samples.scores[reference_attack["method"]] = scores
-    membership = membership_results(
-        samples, splits, int(cfg.bootstrap.resamples), float(cfg.bootstrap.confidence)
+    samples, evaluation = evaluate(
+        cfg, trainer, module, datamodule, best, job.shard_report, output_dir
     )
-    audited = audited_accuracy(samples)
-    evaluation = {
-        "audited": audited,
-        "membership": membership,
-        "split_fingerprint": splits.fingerprint(),
-        "split_fingerprints": splits.fingerprints(),
-        "split_sizes": {role: len(idx) for role, idx in splits.indices.items()},
-        "tap_info": [
-            {"index": t.index, "module": t.module, "shape": list(t.shape)}
-            for t in module.backbone.tap_info
-        ],
-        "best_checkpoints": best_checkpoints,
-        "epochs_trained": int(trainer.current_epoch),
-        "training": datamodule.samples_used(
-            module.phases, [p for p in module.phases if p != "audited"]
-        ),
-        "distributed": distributed,
-    }
-    if reference_attack is not None:
-        evaluation["reference_attack"] = reference_attack
     stages.enter("reporting")
-    if rank_zero:
-        label = mint_label(cfg, choices)
+    if stages.rank_zero:
+        record = {key: stages.results[key] for key in ("dataset", "model", "mint_mode")}
         taps = evaluation["tap_info"][0]["module"]
-        title = f"{cfg.dataset.name} | {cfg.model.name} | mint={label} | taps={taps}"
-        write_report(output_dir, samples, splits, membership, title)
-        summary = summary_metrics(audited, membership)
-        publish_results(loggers, summary, membership, output_dir, trainer.global_step)
-        finish_wandb(cfg, exit_code=0)  # its closing summary would otherwise follow the table
+        title = f"{cfg.dataset.name} | {cfg.model.name} | mint={record['mint_mode']} | taps={taps}"
+        report(cfg, title, output_dir, samples, splits, evaluation, loggers, trainer.global_step)
         log_run_directory(output_dir)
-        record = {"dataset": cfg.dataset.name, "model": cfg.model.name, "mint_mode": label}
         log.info("results:\n%s", table_text({**record, **evaluation}))  # the last thing shown
     return evaluation
-
-
-def _reference_attack(
-    cfg: DictConfig, benchmark: Any, splits: Any, samples: Any, target: Any, output_dir: Path
-) -> tuple[Any, dict[str, Any]]:
-    """Offline RMIA: the reference models' outputs (trained or reused), scored."""
-    from amint_pl.evaluation.reference import rmia_attack
-    from amint_pl.training.phases import build_trainer
-    from amint_pl.training.reference import reference_model_outputs
-
-    def trainer_of(ref_cfg: DictConfig, root: Path) -> Any:
-        return build_trainer(ref_cfg, root, "audited", "val/aud_acc", label="reference")
-
-    outputs = reference_model_outputs(
-        cfg, benchmark, splits, samples, target, output_dir, trainer_of
-    )
-    return rmia_attack(outputs, cfg.attack)
 
 
 @hydra.main(config_path=str(config_dir()), config_name="run", version_base="1.3")

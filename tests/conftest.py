@@ -26,10 +26,13 @@ def wandb_offline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def run_amint(tmp_path: Path):
-    """Run `python -m amint_pl.run` with the given overrides into tmp_path/runs."""
+    """Run `python -m amint_pl.run` with the given overrides into tmp_path/runs (in this process;
+    in a new one with process=True)."""
 
-    def run(*overrides: str, check: bool = True) -> tuple[subprocess.CompletedProcess, Path | None]:
-        proc, run_dir = run_into(tmp_path / "runs", tmp_path / "data", *overrides)
+    def run(
+        *overrides: str, check: bool = True, process: bool = False
+    ) -> tuple[subprocess.CompletedProcess, Path | None]:
+        proc, run_dir = run_into(tmp_path / "runs", tmp_path / "data", *overrides, process=process)
         if check:
             assert proc.returncode == 0, proc.stderr[-3000:]
         return proc, run_dir

@@ -1,14 +1,19 @@
-"""What the tests share: the real entry points as processes, the shipped config composed by Hydra,
-and the files a run writes."""
+"""What the tests share: the real entry points (their main(), in the test's process or as a new
+process), the shipped config composed by Hydra, and the files a run writes."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -50,6 +55,61 @@ def run_module(
     )
 
 
+@contextlib.contextmanager
+def _as_if_started(module: str, args: list[str], cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """sys.argv, the working directory and the environment of `python -m <module> <args>`; on the
+    way out the process's own come back, with its logging and Hydra as they were."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    saved = sys.argv, Path.cwd(), dict(os.environ), root.handlers[:], root.level
+    sys.argv = [module, *args]
+    os.chdir(cwd)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        sys.argv = saved[0]
+        os.chdir(saved[1])
+        os.environ.clear()
+        os.environ.update(saved[2])
+        GlobalHydra.instance().clear()
+        for handler in root.handlers:
+            if handler not in saved[3]:
+                handler.close()  # Hydra's run.log handler: the file is closed, as at a process's end
+        root.handlers[:] = saved[3]
+        root.setLevel(saved[4])
+
+
+def run_main(
+    module: str,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    err: io.StringIO | None = None,
+) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` inside this process: the same main() (Hydra, Lightning, W&B
+    offline) without a new interpreter's ~10 s of imports. What it prints and its exit status come
+    back as a process's would: SystemExit's code, 1 and the traceback for an uncaught error. `env`
+    adds to the environment while it runs; `err` receives its stderr as it is written."""
+    entry = importlib.import_module(module).main
+    out, err = io.StringIO(), err or io.StringIO()
+    code = 0
+    with (
+        _as_if_started(module, list(args), cwd or REPO, {"HYDRA_FULL_ERROR": "0", **(env or {})}),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            entry()
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return subprocess.CompletedProcess([module, *args], code, out.getvalue(), err.getvalue())
+
+
 def start_run(log: IO[str], *args: str, **env: str) -> subprocess.Popen:
     """Start `python -m amint_pl.run <args>` in the background, its output into log."""
     return subprocess.Popen(
@@ -76,10 +136,11 @@ def run_dirs(log_dir: Path) -> list[Path]:
 
 
 def run_into(
-    log_dir: Path, data_dir: Path, *overrides: str, multirun: bool = False
+    log_dir: Path, data_dir: Path, *overrides: str, multirun: bool = False, process: bool = False
 ) -> tuple[subprocess.CompletedProcess, Path | None]:
-    """Run `python -m amint_pl.run` into log_dir with its own data dir: (process, newest run dir)."""
-    proc = run_module(
+    """Run `python -m amint_pl.run` into log_dir with its own data dir, in this process (in a new
+    one with process=True): (its outcome, newest run dir)."""
+    proc = (run_module if process else run_main)(
         "amint_pl.run",
         *(["-m"] if multirun else []),
         f"paths.log_dir={log_dir}",

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import DETERMINISTIC, read_results, run_module
+from tests.helpers import DETERMINISTIC, read_results, run_main
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,9 @@ class SharedRun:
 
 
 def train(root: Path, run_dir: Path, *overrides: str, cwd: Path | None = None) -> dict:
-    """`python -m amint_pl.run` into run_dir (data under root/data); returns its results.json."""
-    proc = run_module(
+    """`python -m amint_pl.run` into run_dir (data under root/data), in this process; returns its
+    results.json."""
+    proc = run_main(
         "amint_pl.run",
         *DETERMINISTIC,
         f"hydra.run.dir={run_dir}",

@@ -8,6 +8,7 @@ Normalisation happens on the model's device (see `amint_pl.data.transforms`).
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -453,6 +454,12 @@ class RunDataModule(MembershipDataModule):
             self.splits_path, *pools, self.sizes, self.seed, self.write_splits
         )
         self.use(benchmark, splits)
+        logging.getLogger("amint_pl.run").info(
+            "data %s: pools train %d, test %d; splits %s",
+            self.dataset.name,
+            *pools,
+            ", ".join(f"{role} {len(idx)}" for role, idx in splits.indices.items()),
+        )
 
     def setup(self, stage: str) -> None:
         self.prepare_data()

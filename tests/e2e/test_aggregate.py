@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import TINY, read_results, run_module
+from tests.helpers import TINY, read_results, run_main, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def sweep(tmp_path_factory):
     assert len(completed) == 2
     # A run killed before it wrote results.json: its composed config is all there is.
     shutil.copytree(completed[0] / ".hydra", sweep_dir / "killed" / ".hydra")
-    out = run_module("amint_pl.aggregate", str(sweep_dir))
+    out = run_main("amint_pl.aggregate", str(sweep_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     return sweep_dir, completed, out
 

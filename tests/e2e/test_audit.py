@@ -14,7 +14,7 @@ from PIL import Image
 from amint_pl.audit import main
 from amint_pl.data.benchmarks import benchmark_from_config
 from amint_pl.data.splits import MembershipSplits
-from tests.helpers import run_module
+from tests.helpers import run_main
 
 # Each test reads the checkpoint of a real run: the full suite only (make test).
 pytestmark = pytest.mark.slow
@@ -28,7 +28,7 @@ def trained(three_epoch_run):
 
 
 def audit(*settings):
-    return run_module("amint_pl.audit", *settings)
+    return run_main("amint_pl.audit", *settings)
 
 
 def refused(settings, capsys):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from tests.helpers import REPO, run_module
+from tests.helpers import REPO, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_the_general_preset_runs_and_audits_on_a_tiny_budget(general_run, tmp_pa
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert "memory.table.weight" in state and float(state["memory.table.weight"].abs().sum()) > 0
     # The audit rebuilds the model, memory included, and reproduces the run's numbers.
-    proc = run_module(
+    proc = run_main(
         "amint_pl.audit",
         f"checkpoint={checkpoint}",
         "inputs=split:all",

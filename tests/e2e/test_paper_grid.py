@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from tests.formats import write_cifar, write_mnist_files
 from tests.helpers import REPO, read_results, run_dirs
@@ -56,8 +57,11 @@ def test_table1_corner_runs_end_to_end(tmp_path):
     }
     for run_dir, result in runs.values():
         assert result["status"] == "completed"
-        # The paper's recipe: its head (1024 then 2048 channels), Adam at 1e-4.
+        # The paper's recipe (experiment=paper): its head (1024 then 2048 channels), Adam at 1e-4.
         assert result["mint_mode"] == "active" and result["taps"] == "middle"
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+        assert config["optim"]["lr"] == 1.0e-4
+        assert config["mint"]["head"]["conv_widths"] == [1024, 2048]
         # W&B wrote an offline run of each job into its run directory, the membership table in it.
         logged = "offline-run-*/files/media/table/test/membership_*.table.json"
         assert list((run_dir / "wandb").glob(logged)), run_dir

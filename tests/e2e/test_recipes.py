@@ -12,7 +12,6 @@ import csv
 import re
 
 import pytest
-import yaml
 
 from tests.helpers import read_results
 
@@ -51,12 +50,3 @@ def test_mobilenet_learns_28x28_digits_and_evaluates_as_it_trained(run_amint):
     assert train_mode > 0.9, train_mode
     assert abs(audited["train_acc"] - train_mode) < 0.08, (audited["train_acc"], train_mode)
 
-
-def test_paper_preset_runs(run_amint):
-    # One epoch: the preset (its 1024/2048-wide head) runs end to end.
-    _, run_dir = run_amint("experiment=paper", "debug=fast", "trainer.max_epochs=1")
-    results = read_results(run_dir)
-    assert results["status"] == "completed" and results["mint_mode"] == "active"
-    assert 0.0 <= results["membership"]["paper"]["mint"]["auc"] <= 1.0
-    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
-    assert config["optim"]["lr"] == 1.0e-4 and config["mint"]["head"]["conv_widths"] == [1024, 2048]

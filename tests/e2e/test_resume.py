@@ -7,7 +7,11 @@ difference.
 """
 
 import csv
+import io
+import os
 import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -15,7 +19,7 @@ import torch
 from amint_pl.audit import main as audit
 from amint_pl.checkpoints import RESUMABLE_KEYS
 from amint_pl.status import PAUSE_ENV
-from tests.helpers import DETERMINISTIC, read_results, run_module, start_run, wait_for
+from tests.helpers import DETERMINISTIC, read_results, run_main, start_run, wait_for
 from tests.shared_runs import train
 
 pytestmark = pytest.mark.slow
@@ -80,7 +84,7 @@ def test_same_seed_same_results(uninterrupted):
 def resume(run_dir, *changes):
     """`python -m amint_pl.run hydra.run.dir=<run> ckpt_path=last <changes>`, as the README and
     results.json's resume_with say: the run's own config comes back by itself."""
-    proc = run_module("amint_pl.run", f"hydra.run.dir={run_dir}", "ckpt_path=last", *changes)
+    proc = run_main("amint_pl.run", f"hydra.run.dir={run_dir}", "ckpt_path=last", *changes)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return read_results(run_dir)
 
@@ -128,7 +132,7 @@ def test_resume_refuses_a_changed_config_and_leaves_the_run_alone(
     run_dir = root / "full"
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     results = (run_dir / "results.json").read_text()
-    proc = run_module(
+    proc = run_main(
         "amint_pl.run", f"hydra.run.dir={run_dir}", "trainer.max_epochs=4", "ckpt_path=last", change
     )
     assert proc.returncode == 2
@@ -172,14 +176,27 @@ def test_a_killed_run_keeps_its_checkpoint_says_failed_and_resumes(tmp_path):
 
 
 def stop_at(stage, run_dir, *args):
-    """Start `python -m amint_pl.run <args>` paused at the start of a stage (AMINT_PAUSE_AT_STAGE),
-    send it SIGTERM there, and return its results.json."""
-    log_path = run_dir.with_name(f"{run_dir.name}-{stage}.log")
-    with open(log_path, "w") as log:
-        proc = start_run(log, *args, **{PAUSE_ENV: stage})
-        wait_for(proc, log_path, lambda: f"paused at stage {stage}" in log_path.read_text())
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=300) == 1
+    """Run `python -m amint_pl.run <args>` in this process, paused at the start of a stage
+    (AMINT_PAUSE_AT_STAGE); send the process SIGTERM there, as a scheduler would, and return the
+    run's results.json."""
+    err, done = io.StringIO(), threading.Event()
+    paused = f"paused at stage {stage}"
+
+    def terminate_when_paused():
+        while not done.is_set():
+            if paused in err.getvalue():  # the run's own SIGTERM handler is in place there
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    sender = threading.Thread(target=terminate_when_paused, daemon=True)
+    sender.start()
+    try:
+        proc = run_main("amint_pl.run", *args, env={PAUSE_ENV: stage}, err=err)
+    finally:
+        done.set()
+        sender.join()
+    assert proc.returncode == 1, proc.stderr[-3000:]
     return read_results(run_dir)
 
 
@@ -202,7 +219,7 @@ def test_a_run_stopped_at_every_stage_in_turn_says_where_and_ends_as_the_uninter
         assert stopped["error"] == "SIGTERMException: interrupted"
         assert stopped["resume_with"] == f"hydra.run.dir={run_dir} ckpt_path=last"
         command = stopped["resume_with"].split()
-    proc = run_module("amint_pl.run", *command)
+    proc = run_main("amint_pl.run", *command)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same(results, read_results(run_dir))
     kept = [read_results(run_dir / "attempts" / str(n))["stage"] for n in range(1, 6)]

@@ -4,7 +4,7 @@ exit code 2, before any data is decoded or any step trained; an existing run is 
 import pytest
 import torch
 
-from tests.helpers import TINY, read_results, run_dirs, run_module
+from tests.helpers import TINY, read_results, run_dirs, run_main, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -13,8 +13,10 @@ NO_DATA = "dataset=mnist"
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
 
 
-def _run(tmp_path, *overrides):
-    return run_module(
+def _run(tmp_path, *overrides, process=False):
+    """The run command in this process, or with process=True as a new one (the checks before
+    Hydra starts cost a process no heavy import: those prove the exit status for real)."""
+    return (run_module if process else run_main)(
         "amint_pl.run",
         *TINY,
         f"paths.log_dir={tmp_path / 'runs'}",
@@ -31,7 +33,7 @@ def _one_line_error(proc, message):
 
 
 def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
-    proc = _run(tmp_path, "dataset.augmnt=flip_crop")
+    proc = _run(tmp_path, "dataset.augmnt=flip_crop", process=True)
     _one_line_error(proc, "Could not override 'dataset.augmnt'. Key 'augmnt' is not in struct")
     assert "add a new key with a leading +" in proc.stderr
     assert not (tmp_path / "runs").exists()
@@ -71,7 +73,7 @@ def test_an_existing_run_directory_is_never_overwritten(tmp_path):
 @pytest.mark.parametrize("run_dir", [None, "empty"])
 def test_resume_needs_the_run_directory(tmp_path, run_dir):
     extra = [f"hydra.run.dir={tmp_path / run_dir}"] if run_dir else []
-    proc = _run(tmp_path, "ckpt_path=last", *extra)
+    proc = _run(tmp_path, "ckpt_path=last", *extra, process=True)
     _one_line_error(proc, "ckpt_path=last resumes a run in its own directory")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "empty").exists()
 
