@@ -49,4 +49,3 @@ def test_mobilenet_learns_28x28_digits_and_evaluates_as_it_trained(run_amint):
     train_mode = train_mode_accuracy(run_dir, epoch)
     assert train_mode > 0.9, train_mode
     assert abs(audited["train_acc"] - train_mode) < 0.08, (audited["train_acc"], train_mode)
-
