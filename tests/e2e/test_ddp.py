@@ -1,6 +1,6 @@
-"""DDP with real processes on the CPU (gloo): 2 processes score like 1, and DDP inside a Hydra multirun
-gives each job its own 2-process group (tests/unit/test_training.py: the balanced sampler's
-shards)."""
+"""DDP with real processes on the CPU (gloo): 2 processes score like 1, DDP inside a Hydra multirun
+gives each job its own 2-process group, and the membership memory's table is written alike in
+every process (tests/unit/test_training.py: the balanced sampler's shards)."""
 
 import csv
 
@@ -87,3 +87,61 @@ def test_two_processes_score_like_one_and_each_job_of_a_multirun_gets_its_own_tw
             d = ddp["membership"][protocol][method]
             assert (m["n_members"], m["n_nonmembers"]) == (d["n_members"], d["n_nonmembers"])
             assert abs(m["auc"] - d["auc"]) <= TOLERANCE, (protocol, method, m["auc"], d["auc"])
+
+
+def _write_memory_in_rank(rank, world, init_file, batches, out):
+    """One DDP process: its own batch through a membership memory, backward, `write`."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from amint_pl.models.memory import MembershipMemory
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        memory = MembershipMemory((1, 28, 28), num_classes=10, bands=4, bits=12, buckets=64)
+        images, labels = batches[rank]
+        F.cross_entropy(memory(images), labels, reduction="sum").backward()
+        memory.write()
+        torch.save(memory.table.weight.detach(), out / f"table-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_memory_writes_every_processs_rows_into_every_processs_table(tmp_path):
+    """Under DDP each process writes the rows of every process's batch: both tables end equal to
+    the table one process writes from both batches, rows both touched included."""
+    import torch
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+
+    from amint_pl.models.memory import MembershipMemory
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(12, 1, 28, 28, generator=generator)
+    labels = torch.randint(0, 10, (12,), generator=generator)
+    # Rank 1's batch repeats two of rank 0's images (their rows are touched by both processes).
+    batches = [
+        (images[:6], labels[:6]),
+        (torch.cat([images[6:10], images[:2]]), labels[[6, 7, 8, 9, 0, 1]]),
+    ]
+    mp.spawn(
+        _write_memory_in_rank,
+        args=(2, tmp_path / "init", batches, tmp_path),
+        nprocs=2,
+        join=True,
+    )
+    tables = [torch.load(tmp_path / f"table-{rank}.pt") for rank in range(2)]
+    assert torch.equal(tables[0], tables[1])
+
+    one = MembershipMemory((1, 28, 28), num_classes=10, bands=4, bits=12, buckets=64)
+    both = torch.cat([batches[0][0], batches[1][0]]), torch.cat([batches[0][1], batches[1][1]])
+    F.cross_entropy(one(both[0]), both[1], reduction="sum").backward()
+    one.write()
+    assert torch.allclose(tables[0], one.table.weight.detach(), atol=1e-6)
+    shared = set(one.codes(images[:2]).flatten().tolist())
+    assert shared and all(tables[0][row].abs().sum() > 0 for row in shared)
+    # The rows of rank 1's own images reached rank 0's table (and the other way round).
+    for rank, (batch, _) in enumerate(batches):
+        for row in one.codes(batch).flatten().tolist():
+            assert tables[1 - rank][row].abs().sum() > 0
