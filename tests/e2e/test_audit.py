@@ -1,8 +1,8 @@
 """`python -m amint_pl.audit`: a run's checkpoint scores new samples exactly as its training data
 was seen, reproduces the run's own numbers, and refuses files amint_pl did not write.
 
-The command runs as a process where its output and exit code are the point (reproducing a run,
-bad settings); elsewhere `main` runs in this process on the real checkpoints of real runs."""
+Every check runs the command's own `main` in this process (its output and exit status come back
+as a process's would), on the real checkpoints of real runs."""
 
 import csv
 

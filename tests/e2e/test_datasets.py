@@ -22,7 +22,7 @@ from tests.formats import (
 )
 from tests.helpers import read_results, run_dirs, run_into
 
-# Each test starts the entry points as processes: the full suite only (make test).
+# Each test runs the entry point end to end on every reader: the full suite only (make test).
 pytestmark = pytest.mark.slow
 
 # Roles that fit >= 80 train and >= 18 test images; one epoch.
