@@ -89,8 +89,8 @@ def run_main(
     err: io.StringIO | None = None,
 ) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` inside this process: the same main() (Hydra, Lightning, W&B
-    offline) without a new interpreter's ~10 s of imports. What it prints and its exit status come
-    back as a process's would: SystemExit's code, 1 and the traceback for an uncaught error. `env`
+    offline) without a new interpreter's ~12 s of CPU importing. What it prints and its exit status
+    come back as a process's would: SystemExit's code, 1 and the traceback for an uncaught error. `env`
     adds to the environment while it runs; `err` receives its stderr as it is written."""
     entry = importlib.import_module(module).main
     out, err = io.StringIO(), err or io.StringIO()
