@@ -157,6 +157,10 @@ def targets(rows: list[dict[str, str]]) -> list[str]:
 PAPER_CODE = {"mint_auc_paper": 0.93, "aud_test_acc": 0.69, "minutes": 18.9}
 
 
+def mark(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
 def paper_recipe(rows: list[dict[str, str]]) -> list[str]:
     """The `experiment=paper` rows against the paper's own code on the same budget."""
     lines = [
@@ -169,10 +173,6 @@ def paper_recipe(rows: list[dict[str, str]]) -> list[str]:
             continue
         auc, acc = number(r["mint_auc_paper"]), number(r["aud_test_acc"])
         minutes = float(r["wall_s"]) / 60
-
-        def mark(ok: bool) -> str:
-            return "yes" if ok else "**no**"
-
         lines.append(
             f"| {r['model']} | {r['taps']} | {r['seed']} | {auc:.3f} | "
             f"{mark(auc >= PAPER_CODE['mint_auc_paper'])} | {acc:.3f} | "
