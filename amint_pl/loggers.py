@@ -17,13 +17,20 @@ from omegaconf import DictConfig, OmegaConf
 from amint_pl import config_dir
 
 
+def in_a_sweep() -> bool:
+    """Whether this process runs a job of a Hydra sweep (`-m`)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def sweep_group() -> str | None:
     """Under `-m`: the sweep's name, the last two parts of its directory (date_time-uid by
     default); None for a single run."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_a_sweep():
         return None
     return "_".join(Path(str(HydraConfig.get().sweep.dir)).parts[-2:])
 

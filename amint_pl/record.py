@@ -1,5 +1,6 @@
-"""A run's record: the resolved config it runs with, results.json and status.json at its end, the
-versions and config digest it is known by, and where its story is told (logging).
+"""A run's record: the resolved config it runs with, results.json and status.json over its life
+(`run_record`), the versions and config digest it is known by, and where its story is told
+(logging).
 """
 
 from __future__ import annotations
@@ -7,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from amint_pl.errors import AmintError, ConfigError
-from amint_pl.status import PROGRESS_LOGGER, RunStatus
-from amint_pl.training.resume import ATTEMPT_FILES
+from amint_pl.status import PROGRESS_LOGGER, RunStatus, Stages
+from amint_pl.training.resume import keep_earlier_attempt
 
 log = logging.getLogger("amint_pl.run")
-# What the run directory listing names (besides what a resumed attempt rewrites).
-RUN_FILES = (*ATTEMPT_FILES, "splits.npz", "checkpoints", "wandb")
 
 
 def resolved_config(cfg: DictConfig, output_dir: Path) -> DictConfig:
@@ -79,7 +81,10 @@ class _NotProgress(logging.Filter):
 def set_up_logging(rank_zero: bool) -> None:
     """Warnings join the run's story (run.log); DDP ranks > 0 (Hydra logs them into the same
     run.log) tell only problems; on a terminal, where Rich draws the progress bar, progress lines
-    go to run.log alone."""
+    go to run.log alone; Lightning's lines print once (`quiet_lightning`)."""
+    from amint_pl.training.phases import quiet_lightning
+
+    quiet_lightning()
     logging.captureWarnings(True)
     logging.getLogger("amint_pl").setLevel(logging.INFO if rank_zero else logging.WARNING)
     for handler in logging.getLogger().handlers:
@@ -94,12 +99,35 @@ def set_up_logging(rank_zero: bool) -> None:
             handler.addFilter(_NotProgress())
 
 
-def log_run_directory(output_dir: Path) -> None:
-    """Say what the run directory holds, and how to upload an offline W&B run."""
-    written = [name for name in RUN_FILES if (output_dir / name).exists()]
-    log.info("run directory: %s (%s)", output_dir, ", ".join(written))
-    if (output_dir / "wandb").is_dir() and any((output_dir / "wandb").glob("offline-run-*")):
-        log.info("W&B offline: wandb sync %s uploads it", output_dir / "wandb" / "offline-run-*")
+@contextmanager
+def run_record(
+    cfg: DictConfig, output_dir: Path, choices: dict[str, str], rank_zero: bool, started: float
+) -> Iterator[Stages]:
+    """The record of a run while it runs: yields its `Stages` (its results.json content being
+    built, its status.json), from stage `starting` on. A resumed run's earlier attempt is kept in
+    attempts/<n>/ first. At the end, however the run ends, results.json and status.json say how
+    (completed, or failed with the cause and the resume command) and its wall time since `started`,
+    and W&B closes. A SIGTERM that Lightning turned into exit code 0 leaves with code 1."""
+    results = new_record(cfg, output_dir, choices)
+    status = RunStatus(output_dir, enabled=rank_zero)
+    stages = Stages(results, status, rank_zero)
+    try:
+        stages.enter("starting")
+        if cfg.ckpt_path is not None and rank_zero:
+            keep_earlier_attempt(output_dir)
+        results.update(config_digest=config_digest(cfg), versions=versions())
+        yield stages
+        results["status"] = "completed"
+        for key in ("stage", "phase"):
+            results.pop(key, None)
+    except BaseException as err:
+        record_failure(results, err, output_dir)
+        if isinstance(err, SystemExit) and not err.code:
+            raise SystemExit(1) from err  # SIGTERM (Lightning's SIGTERMException): not 0
+        raise
+    finally:
+        results["wall_time_s"] = round(time.time() - started, 2)
+        finish_run(cfg, output_dir, results, status, rank_zero)
 
 
 def new_record(cfg: DictConfig, output_dir: Path, choices: dict[str, str]) -> dict[str, Any]:

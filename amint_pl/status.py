@@ -121,6 +121,8 @@ class Stages:
         import sys
 
         self.results.update(stage=stage, **where)
+        if "phase" not in where:  # results.json names a phase while one trains
+            self.results.pop("phase", None)
         self.status.update(stage=stage, **where)  # later stages keep the last phase trained
         phase = f" ({where['phase']})" if where.get("phase") else ""
         logging.getLogger("amint_pl.run").info("stage %s%s", stage, phase)
@@ -128,6 +130,10 @@ class Stages:
             print(f"paused at stage {stage} ({PAUSE_ENV})", file=sys.stderr, flush=True)
             while True:
                 time.sleep(0.05)
+
+    def training(self, phase: str) -> None:
+        """Enter the stage `training`, in `phase`."""
+        self.enter("training", phase=phase)
 
 
 class StopOnSigterm:

@@ -1,8 +1,8 @@
 """Validation at the edge, before any data is decoded: the command line, then the composed config.
 
-The command line (`check_command_line`, before Hydra starts): a config group option that does not
-exist, a launcher whose plugin is missing, a run directory that already holds a run, a resume
-without its run directory, and a misspelt or undeclared key (the config is composed once).
+The command line (`command_line_overrides`, before Hydra starts): a config group option that
+does not exist, a launcher whose plugin is missing, a run directory that already holds a run, a
+resume without its run directory, and a misspelt or undeclared key (the config is composed once).
 
 The run config (`validate_config`): everything a user can get wrong (data set, model and taps,
 mint mode, loggers, split sizes, batch size, epochs, optimiser, monitor, attack, ckpt_path), with
@@ -23,7 +23,7 @@ from typing import Any
 
 from amint_pl import config_dir
 from amint_pl.errors import AmintError, ConfigError
-from amint_pl.training.resume import RUN_CONFIG
+from amint_pl.training.resume import RUN_CONFIG, with_run_overrides
 
 CONFIG_GROUPS = (
     "dataset",
@@ -153,10 +153,14 @@ def check_keys(args: list[str]) -> None:
             ) from err
 
 
-def check_command_line(args: list[str]) -> None:
-    """Every check of a command line before Hydra starts (ConfigError naming the fix)."""
+def command_line_overrides(args: list[str]) -> list[str]:
+    """The overrides Hydra gets for a command line, checked before Hydra starts (ConfigError naming
+    the fix): a resume in place gets the run's own (`with_run_overrides`), `model.name=<timm name>`
+    and `optim.name=` their config group options."""
+    args = with_optim_group(with_timm_config(with_run_overrides(args)))
     check_overrides(args)
     check_keys(args)
+    return args
 
 
 # ---------------------------------------------------------------------------------------------

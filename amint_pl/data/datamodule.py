@@ -17,6 +17,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from amint_pl.data.benchmarks import Benchmark, Pool
@@ -440,6 +441,27 @@ class RunDataModule(MembershipDataModule):
         )
         self.dataset, self.sizes, self.splits_path = dataset, sizes, Path(splits_path)
         self.write_splits, self.on_stage = write_splits, on_stage
+
+    @classmethod
+    def for_run(
+        cls,
+        cfg: DictConfig,
+        output_dir: Path,
+        write_splits: bool = True,
+        on_stage: Callable[[str], None] = lambda stage: None,
+    ) -> RunDataModule:
+        """The data of a run config (its dataset, split sizes, batch sizes and seed), with the
+        run's splits.npz in `output_dir`."""
+        return cls(
+            cfg.dataset,
+            SplitSizes(**OmegaConf.to_container(cfg.dataset.splits)),
+            Path(output_dir) / "splits.npz",
+            int(cfg.batch_size),
+            int(cfg.eval_batch_size),
+            int(cfg.seed),
+            write_splits=write_splits,
+            on_stage=on_stage,
+        )
 
     def prepare_data(self) -> None:
         if self.benchmark is not None:

@@ -119,6 +119,10 @@ class MembershipSplits:
         joined = "".join(f"{role}:{digest};" for role, digest in self.fingerprints().items())
         return hashlib.sha256(joined.encode()).hexdigest()
 
+    def calibrated_protocols(self) -> list[str]:
+        """The protocols whose calibration slice holds samples: those a run calibrates and reports."""
+        return [p for p, role in PROTOCOLS.items() if len(self[f"{role}_calib"])]
+
     def reported(self, protocol: str) -> tuple[np.ndarray, np.ndarray]:
         """The reported sets of a protocol: (member indices, non-member indices).
 

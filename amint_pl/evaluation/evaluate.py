@@ -2,17 +2,24 @@
 
 `evaluate` scores them (under DDP each rank its shard, then all of them on every rank), adds the
 opt-in reference-model attack, and measures membership and the audited model's accuracy: the
-evaluation part of results.json. `report` writes scores.csv, the plots and the loggers' summary.
+evaluation part of results.json. `report` writes scores.csv, the plots and the loggers' summary,
+then tells what the run directory holds and shows the results table, the last thing a run prints.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from amint_pl.evaluation.report import ScoredSamples
+from amint_pl.training.resume import ATTEMPT_FILES
+
+log = logging.getLogger("amint_pl.run")
+# What the run directory listing names (besides what a resumed attempt rewrites).
+RUN_FILES = (*ATTEMPT_FILES, "splits.npz", "checkpoints", "wandb")
 
 
 def evaluate(
@@ -77,7 +84,7 @@ def _reference_attack(
 
 def report(
     cfg: DictConfig,
-    title: str,
+    record: dict[str, Any],
     output_dir: Path,
     samples: ScoredSamples,
     splits: Any,
@@ -85,13 +92,28 @@ def report(
     loggers: list[Any],
     global_step: int,
 ) -> None:
-    """scores.csv, the ROC and score plots, and the summary every logger gets; W&B's run closes."""
+    """scores.csv, the ROC and score plots, and the summary every logger gets; W&B's run closes.
+    Then what the run directory holds, and the results table. `record`: the run's results.json
+    content so far (its dataset, model and mint mode)."""
     from amint_pl.evaluation.publish import publish_results, summary_metrics
-    from amint_pl.evaluation.report import write_report
+    from amint_pl.evaluation.report import table_text, write_report
     from amint_pl.loggers import finish_wandb
 
+    run = {key: record[key] for key in ("dataset", "model", "mint_mode")}
+    taps = evaluation["tap_info"][0]["module"]
+    title = f"{run['dataset']} | {run['model']} | mint={run['mint_mode']} | taps={taps}"
     membership = evaluation["membership"]
     write_report(output_dir, samples, splits, membership, title)
     summary = summary_metrics(evaluation["audited"], membership)
     publish_results(loggers, summary, membership, output_dir, global_step)
     finish_wandb(cfg, exit_code=0)  # its closing summary would otherwise follow the table
+    log_run_directory(output_dir)
+    log.info("results:\n%s", table_text({**run, **evaluation}))  # the last thing shown
+
+
+def log_run_directory(output_dir: Path) -> None:
+    """Say what the run directory holds, and how to upload an offline W&B run."""
+    written = [name for name in RUN_FILES if (output_dir / name).exists()]
+    log.info("run directory: %s (%s)", output_dir, ", ".join(written))
+    if (output_dir / "wandb").is_dir() and any((output_dir / "wandb").glob("offline-run-*")):
+        log.info("W&B offline: wandb sync %s uploads it", output_dir / "wandb" / "offline-run-*")

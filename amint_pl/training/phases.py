@@ -18,7 +18,12 @@ from omegaconf import DictConfig, OmegaConf
 from amint_pl.checkpoints import checkpoint_progress, load_checkpoint
 from amint_pl.status import PROGRESS_INTERVAL_S, RunStatus
 from amint_pl.training.progress import ProgressReport
-from amint_pl.training.resume import LAST_CHECKPOINT, SKIP_PHASE, set_aside_checkpoints
+from amint_pl.training.resume import (
+    LAST_CHECKPOINT,
+    SKIP_PHASE,
+    resume_plan,
+    set_aside_checkpoints,
+)
 
 # What the MINT head phase watches: the head alone trains, on the paper protocol's calibration sets.
 HEAD_MONITOR = "val/paper/mint_auc"
@@ -97,6 +102,25 @@ def build_trainer(
     )
 
 
+def phase_trainers(
+    cfg: DictConfig,
+    output_dir: Path,
+    loggers: Sequence[Any],
+    extra_callbacks: Sequence[Any],
+    status: RunStatus | None,
+) -> Callable[[str], L.Trainer]:
+    """phase -> its trainer (`build_trainer`): the MINT head phase watches HEAD_MONITOR, the others
+    the run's `mint.monitor`."""
+
+    def trainer_of(phase: str) -> L.Trainer:
+        monitor = HEAD_MONITOR if phase == "mint_head" else str(cfg.mint.monitor)
+        return build_trainer(
+            cfg, output_dir, phase, monitor, loggers, extra_callbacks, status=status
+        )
+
+    return trainer_of
+
+
 def best_path(trainer: L.Trainer) -> str:
     """The checkpoint of a fit's best epoch (its last one when nothing was monitored)."""
     callback = trainer.checkpoint_callback
@@ -106,17 +130,18 @@ def best_path(trainer: L.Trainer) -> str:
 def fit_phases(
     module: Any,
     datamodule: L.LightningDataModule,
-    plan: dict[str, str],
+    ckpt_path: Any,
     make_trainer: Callable[[str], L.Trainer],
     output_dir: Path,
     rank_zero: bool,
     on_phase: Callable[[str], None] = lambda phase: None,
 ) -> tuple[L.Trainer, dict[str, str]]:
-    """Fit each phase of `module` in turn and load its best weights before the next.
+    """Fit each phase of `module` in turn, each from where `ckpt_path` says it continues
+    (`resume.resume_plan`), and load its best weights before the next.
 
     Args:
         module: the AMINTModule.
-        plan: what each phase continues from (`resume.resume_plan`).
+        ckpt_path: the run config's `ckpt_path` (None: every phase from its start).
         make_trainer: phase -> its trainer.
         output_dir: the run directory.
         rank_zero: whether this process may move files.
@@ -125,6 +150,7 @@ def fit_phases(
     Returns:
         (the last phase's trainer, {phase: its best checkpoint, relative to output_dir}).
     """
+    plan = resume_plan(ckpt_path, output_dir, module.phases)
     best_checkpoints: dict[str, str] = {}
     trainer = None
     for i, phase in enumerate(module.phases):

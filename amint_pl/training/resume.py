@@ -125,16 +125,13 @@ def resume_plan(ckpt_path: Any, output_dir: Path, phases: tuple[str, ...]) -> di
     return {**dict.fromkeys(phases[:start], SKIP_PHASE), phase: str(ckpt_path)}
 
 
-def check_resume(
-    cfg: DictConfig,
-    output_dir: Path,
-    phases: tuple[str, ...],
-    attempt_config: Path | None,
-    rank_zero: bool,
-) -> None:
+def check_resume(cfg: DictConfig, output_dir: Path, rank_zero: bool) -> None:
     """Before a run is resumed: refuse a config or checkpoint that cannot continue it. Nothing of
-    the run is touched then: the config Hydra has just written for this attempt (`attempt_config`,
-    a .hydra/resumed-* folder) is removed."""
+    the run is touched then: the config Hydra has just written for this attempt (a
+    .hydra/resumed-* folder) is removed."""
+    from amint_pl.training.module import phases_of
+
+    phases = phases_of(cfg.mint.mode)
     try:
         config = OmegaConf.to_container(cfg, resolve=True)
         if cfg.ckpt_path == "last":
@@ -145,9 +142,18 @@ def check_resume(
                 check_checkpoint(checkpoint, path)
                 check_resumable(checkpoint, config, "")
     except AmintError:
+        attempt_config = _attempt_config(output_dir)
         if rank_zero and attempt_config is not None and attempt_config.name.startswith("resumed-"):
             shutil.rmtree(attempt_config, ignore_errors=True)
         raise
+
+
+def _attempt_config(output_dir: Path) -> Path | None:
+    """The folder Hydra wrote this attempt's config in (None outside a Hydra run, or without one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    subdir = HydraConfig.get().output_subdir if HydraConfig.initialized() else None
+    return output_dir / subdir if subdir else None
 
 
 def keep_earlier_attempt(output_dir: Path) -> None:
