@@ -47,6 +47,14 @@ def three_epoch_run(tmp_path_factory: pytest.TempPathFactory) -> shared_runs.Sha
 
 
 @pytest.fixture(scope="session")
+def notebook_run(
+    three_epoch_run: shared_runs.SharedRun, tmp_path_factory: pytest.TempPathFactory
+) -> shared_runs.SharedRun:
+    """three_epoch_run again, through `amint_pl.run.train` (see shared_runs.notebook_run)."""
+    return shared_runs.notebook_run(tmp_path_factory.mktemp("notebook"), three_epoch_run)
+
+
+@pytest.fixture(scope="session")
 def general_run(tmp_path_factory: pytest.TempPathFactory) -> shared_runs.SharedRun:
     """A 2-epoch mint=active_general run on digits (see shared_runs.general_run)."""
     return shared_runs.general_run(tmp_path_factory.mktemp("general"))

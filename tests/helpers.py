@@ -26,6 +26,16 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = config_dir()
 # Tiny, fast runs: the real config with small splits and few epochs.
 TINY = ["debug=fast", "logger=csv"]
+# Tinier: one epoch on roles that fit >= 80 train and >= 18 test images (every file and metric a
+# run writes, at the least cost).
+ONE_EPOCH = [
+    *TINY,
+    "trainer.max_epochs=1",
+    "dataset.splits.members=40",
+    "dataset.splits.external=40",
+    "dataset.splits.nonmembers_calib=8",
+    "dataset.splits.nonmembers_eval=10",
+]
 # Tiny, quiet and deterministic: what the resume and determinism tests compare.
 DETERMINISTIC = [*TINY, "trainer.enable_progress_bar=false", "trainer.deterministic=true"]
 

@@ -3,10 +3,11 @@ them session fixtures)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import DETERMINISTIC, read_results, run_main
+from tests.helpers import DETERMINISTIC, compose_config, read_results, run_main
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,34 @@ def _shared(root: Path, name: str, *overrides: str) -> SharedRun:
 def three_epoch_run(root: Path) -> SharedRun:
     """A 3-epoch aMINT run on digits: what the resume, determinism and audit tests read."""
     return _shared(root, "full", "trainer.max_epochs=3")
+
+
+def notebook_run(root: Path, three_epochs: SharedRun) -> SharedRun:
+    """three_epoch_run again, on its data, through `amint_pl.run.train(cfg, output_dir)` with the
+    config composed by Hydra's compose API, as a notebook outside the repository calls it (started
+    in an empty working directory root/cwd): what the train-API and the same-seed tests compare
+    with the command line's run."""
+    from amint_pl.run import train as train_in_process
+
+    cwd = root / "cwd"
+    cwd.mkdir(parents=True)
+    overrides = [
+        *DETERMINISTIC,
+        "trainer.max_epochs=3",
+        f"paths.data_dir={three_epochs.root / 'data'}",
+    ]
+    started = Path.cwd()
+    os.chdir(cwd)
+    try:
+        results = train_in_process(compose_config(*overrides, hydra=True), root / "notebook")
+    finally:
+        os.chdir(started)
+    outside = [
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.relative_to(root).parts[0] != "notebook"
+    ]
+    return SharedRun(root, root / "notebook", results, outside)
 
 
 def general_run(root: Path) -> SharedRun:

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import TINY, read_results, run_main, run_module
+from tests.helpers import ONE_EPOCH, read_results, run_main, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -22,12 +22,12 @@ def sweep(tmp_path_factory):
     proc = run_module(
         "amint_pl.run",
         "-m",
-        *TINY,
+        *ONE_EPOCH,
         f"paths.data_dir={tmp / 'data'}",
         f"hydra.sweep.dir={sweep_dir}",
         "hydra/launcher=joblib",
         "mint=active,off",
-        "dataset.splits.members=100000,120",
+        "dataset.splits.members=100000,40",
     )
     assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
     # The failed jobs (the first one among them) did not stop the sweep; it says so, and exits 1.

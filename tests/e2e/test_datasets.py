@@ -20,21 +20,10 @@ from tests.formats import (
     write_svhn,
     write_tiny_imagenet,
 )
-from tests.helpers import read_results, run_dirs, run_into
+from tests.helpers import ONE_EPOCH, read_results, run_dirs, run_into
 
 # Each test runs the entry point end to end on every reader: the full suite only (make test).
 pytestmark = pytest.mark.slow
-
-# Roles that fit >= 80 train and >= 18 test images; one epoch.
-TINY_RUN = (
-    "debug=fast",
-    "logger=csv",
-    "trainer.max_epochs=1",
-    "dataset.splits.members=40",
-    "dataset.splits.external=40",
-    "dataset.splits.nonmembers_calib=8",
-    "dataset.splits.nonmembers_eval=10",
-)
 
 # Each writer puts ~90 train and >= 18 test images where the config's default root expects them
 # (`<data_dir>/<name>`).
@@ -61,7 +50,7 @@ def test_run_trains_and_reports_on_every_dataset(tmp_path):
         write(tmp_path / "data")
     # 32 px everywhere keeps the 64 px data sets (GTSRB, Tiny ImageNet, folders) quick.
     datasets = f"dataset={','.join(WRITERS)}"
-    proc, _ = run(tmp_path, datasets, "dataset.image_size=32", *TINY_RUN, multirun=True)
+    proc, _ = run(tmp_path, datasets, "dataset.image_size=32", *ONE_EPOCH, multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {}
     for run_dir in run_dirs(tmp_path / "runs"):
@@ -80,7 +69,7 @@ def test_run_trains_and_reports_on_every_dataset(tmp_path):
 
 
 def test_missing_and_corrupt_data_exit_2_with_one_line(tmp_path):
-    proc, _ = run(tmp_path, "dataset=svhn", *TINY_RUN)
+    proc, _ = run(tmp_path, "dataset=svhn", *ONE_EPOCH)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: dataset 'svhn' not found") and "dataset.download=true" in last
@@ -89,7 +78,7 @@ def test_missing_and_corrupt_data_exit_2_with_one_line(tmp_path):
     raw = tmp_path / "data" / "mnist" / "MNIST" / "raw"
     write_mnist_files(raw, 90, 20)
     truncate(raw / "train-labels-idx1-ubyte.gz")
-    proc, _ = run(tmp_path, "dataset=mnist", *TINY_RUN)
+    proc, _ = run(tmp_path, "dataset=mnist", *ONE_EPOCH)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(raw / "train-labels-idx1-ubyte.gz") in last

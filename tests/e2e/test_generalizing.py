@@ -1,13 +1,14 @@
 """The generalizing-aMINT preset in a tiny real run: its memory trains, and the audit rebuilds it."""
 
 import csv
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from tests.helpers import REPO, run_main
+
+sys.path.insert(0, str(REPO / "experiments" / "generalizing_amint"))  # its scripts: no package
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +32,13 @@ def test_the_general_preset_runs_and_audits_on_a_tiny_budget(general_run, tmp_pa
     assert "reproduces results.json: every metric of every method" in proc.stdout
 
 
-ROBUSTNESS = REPO / "experiments" / "generalizing_amint" / "robustness.py"
-
-
 @pytest.mark.slow
 def test_robustness_scores_every_transformation_and_method_on_a_run(general_run, tmp_path):
     run_dir, results = general_run.run_dir, general_run.results
     out = tmp_path / "robustness.csv"
-    proc = subprocess.run(
-        [sys.executable, str(ROBUSTNESS), str(run_dir), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # `python experiments/generalizing_amint/robustness.py <run> --out <csv>`, its main() in this
+    # process.
+    proc = run_main("robustness", str(run_dir), "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     with out.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -74,11 +69,6 @@ def test_robustness_scores_every_transformation_and_method_on_a_run(general_run,
     assert out.with_suffix(".png").stat().st_size > 0
     # An existing CSV is refused without --append, and kept as it was.
     before = out.read_text()
-    again = subprocess.run(
-        [sys.executable, str(ROBUSTNESS), str(run_dir), "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = run_main("robustness", str(run_dir), "--out", str(out))
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert out.read_text() == before

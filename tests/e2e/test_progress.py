@@ -9,7 +9,7 @@ import pytest
 
 from amint_pl.aggregate import aggregate, markdown
 from amint_pl.status import PAUSE_ENV, STALE_AFTER_S, STATUS_FILE
-from tests.helpers import TINY, start_run, wait_for
+from tests.helpers import ONE_EPOCH, start_run, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def test_a_run_stopped_mid_way_leaves_status_json_saying_where_and_the_aggregate
     with open(out, "w") as log:
         proc = start_run(
             log,
-            *TINY,
+            *ONE_EPOCH,  # phase 1 (the audited model): one epoch; phase 2 (the head): two
             f"hydra.run.dir={run_dir}",
             f"paths.data_dir={tmp_path / 'data'}",
             "mint=passive",

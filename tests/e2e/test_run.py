@@ -15,7 +15,7 @@ from amint_pl.errors import ConfigError
 from amint_pl.status import STATUS_FILE
 from amint_pl.training.resume import resume_plan
 from tests.formats import write_mnist_files
-from tests.helpers import TINY, read_results, run_dirs, start_run
+from tests.helpers import ONE_EPOCH, read_results, run_dirs, start_run
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,8 @@ def _check_run_files(run_dir, mode):
 
 
 def test_each_mint_mode_on_each_data_set_writes_every_file_one_run_per_cell(tmp_path, run_amint):
-    write_mnist_files(tmp_path / "data" / "mnist" / "MNIST" / "raw", 300, 200)
-    proc, _ = run_amint(*TINY, "dataset=digits,mnist", "mint=active,passive,off", "-m")
+    write_mnist_files(tmp_path / "data" / "mnist" / "MNIST" / "raw", 90, 20)
+    proc, _ = run_amint(*ONE_EPOCH, "dataset=digits,mnist", "mint=active,passive,off", "-m")
     jobs = run_dirs(tmp_path / "runs")
     assert len({d.parent for d in jobs}) == 1, "every job of a sweep in one sweep directory"
     cells = {}

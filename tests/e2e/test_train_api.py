@@ -5,9 +5,6 @@ import json
 
 import pytest
 
-from amint_pl.run import train
-from tests.helpers import DETERMINISTIC, compose_config
-
 # What must match the command line's run: every metric, and what they were computed on.
 SAME = (
     "status",
@@ -29,22 +26,19 @@ SAME = (
 )
 
 
-@pytest.mark.slow  # trains twice (the command line's run is shared with other modules)
-def test_train_in_process_matches_the_command_line(three_epoch_run, tmp_path, monkeypatch):
-    root, cli = three_epoch_run.root, three_epoch_run.results
-    monkeypatch.chdir(tmp_path)  # outside the repository, as a notebook elsewhere is
-    overrides = [*DETERMINISTIC, "trainer.max_epochs=3", f"paths.data_dir={root / 'data'}"]
-    cfg = compose_config(*overrides, hydra=True)
-    results = train(cfg, tmp_path / "notebook")
+@pytest.mark.slow  # trains twice (both runs are shared with other modules)
+def test_train_in_process_matches_the_command_line(three_epoch_run, notebook_run):
+    """notebook_run: three_epoch_run's config composed with Hydra's compose API and passed to
+    `train(cfg, output_dir)` in this process, started in an empty folder outside the repository."""
+    cli, results, run_dir = three_epoch_run.results, notebook_run.results, notebook_run.run_dir
 
-    assert json.loads((tmp_path / "notebook" / "results.json").read_text()) == json.loads(
-        json.dumps(results)
-    )
+    assert json.loads((run_dir / "results.json").read_text()) == json.loads(json.dumps(results))
     assert results["status"] == "completed" and results["epochs_trained"] == 3
-    assert results["run_dir"] == str((tmp_path / "notebook").resolve())
-    assert (tmp_path / "notebook" / "csv" / "metrics.csv").is_file()  # logger=csv in the run dir
+    assert results["run_dir"] == str(run_dir.resolve())
+    assert (run_dir / "csv" / "metrics.csv").is_file()  # logger=csv in the run dir
     for key in SAME:
         assert results[key] == cli[key], key
     # A metric that really moved: the MINT head learnt something in three epochs.
     assert results["membership"]["paper"]["mint"]["auc"] > 0.5
-    assert not list(tmp_path.glob("outputs")) and not (tmp_path / "runs").exists()
+    # Nothing where it was started (no outputs/ or runs/): the working directory stays empty.
+    assert notebook_run.outside == ["cwd"]

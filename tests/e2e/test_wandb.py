@@ -10,7 +10,7 @@ import pytest
 from tensorboardX.proto.event_pb2 import Event
 
 from amint_pl.aggregate import aggregate
-from tests.helpers import TINY, read_results, run_dirs
+from tests.helpers import ONE_EPOCH, read_results, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def test_wandb_offline_sweep_keeps_a_finished_run_per_job_and_tensorboard_the_su
     tmp_path, run_amint
 ):
     proc, _ = run_amint(
-        *TINY, "logger=[wandb,tensorboard]", "mint=active_general,passive", "seed=5", "-m"
+        *ONE_EPOCH, "logger=[wandb,tensorboard]", "mint=active_general,passive", "seed=5", "-m"
     )
     jobs = sorted(run_dirs(tmp_path / "runs"), key=lambda d: int(d.name))
     assert len(jobs) == 2
