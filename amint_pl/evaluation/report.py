@@ -291,7 +291,7 @@ def plot_score_hist(path: Path, samples: ScoredSamples, title: str) -> None:
     ax.set_xlabel(f"{_method_label(method)} score (higher = member)")
     ax.set_ylabel("density")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center")  # "best" searches every bar
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,7 +6,7 @@ samples: at test accuracy ~0.89 the LOSS attack reaches AUC ~0.59 and a loss dif
 calibrated on an early checkpoint ~0.62 (experiments/generalizing_amint/README.md). What the MINT
 head learns about members it never saw as positives cannot exceed that trace. The memory makes
 the trace by design. It hashes each input image with SimHash: `bands` codes of `bits` random
-hyperplane signs over the image's fine detail (pooled to at most 32x32, minus its 3x3 local mean,
+hyperplane signs over the image's fine detail (pooled to at most 32x32, minus its local mean,
 centred). It looks each band's code up in that band's own table of class logits (`buckets` rows
 per band; `auto` sizes them from the members so that at most 5% of the rows are written), sums the
 rows over the bands and adds them (times `scale`) to the network's logits. The tables start at
@@ -21,7 +21,10 @@ Two records (`record`): `exact` hashes the whole detail as given; `robust` hashe
 the image's interior and keeps, per band, the smaller code of the image and of its mirror, so
 that a mirrored copy has the same codes, and with `query_shifts` the evaluation reads every
 shift of the interior window up to that many pixels and answers with the one whose rows carry
-the most evidence, so that a copy moved by a few pixels is found.
+the most evidence, so that a copy moved by a few pixels is found. With `query_zooms` it also
+reads the image zoomed out (a crop resized back, returned to its scale). `smoothing` and
+`detail_reach` choose which detail is hashed: the finest tells look-alike images apart best and
+survives re-encoding, noise and resampling worst.
 
 It is in effect a record of the training inputs, kept by the model itself:
 - It is part of the deployed classifier: its logits are in every prediction, and any training
@@ -58,6 +61,9 @@ DEFAULTS = {
     "write_rate": 0.05,
     "record": "exact",
     "query_shifts": 0,
+    "detail_reach": 1,
+    "smoothing": 0,
+    "query_zooms": (),
 }
 # The records: `exact` hashes the image's fine detail as given; `robust` takes, band by band, the
 # smaller of the codes of the image and of its horizontal mirror. With `query_shifts` either
@@ -66,8 +72,6 @@ RECORDS = ("exact", "robust")
 # `buckets: auto` gives each band the smallest power of two of rows that the members fill to at
 # most this share (each member writes one row per band).
 MAX_OCCUPANCY = 0.05
-# How far the fine detail reaches: each pixel minus the mean of its 3x3 neighbourhood.
-DETAIL_REACH = 1
 # The largest side the image is average-pooled to before hashing (keeps the projection small).
 HASH_SIDE = 32
 # splitmix64's increment and multipliers, as the int64 values of their 64-bit patterns.
@@ -114,6 +118,14 @@ class MembershipMemory(nn.Module):
         query_shifts: at evaluation, each image is also read shifted by up to this many pixels in
             each direction, and the shift whose rows carry the most evidence answers (the
             `robust` record leaves out a border wide enough for it).
+        detail_reach: the detail is each pixel minus the mean of its neighbourhood of this many
+            pixels each way (1: 3x3, the finest; 2: 5x5 keeps coarser detail too).
+        smoothing: the image is first averaged over a neighbourhood of this many pixels each way
+            (0: not): the detail left is what re-encoding, noise and resampling barely change,
+            at the price of more look-alike images sharing codes.
+        query_zooms: at evaluation, the image is also read zoomed out to each of these shares of
+            its side (a crop of that share resized back, undone up to the lost border), at every
+            queried shift; the read with the most evidence answers.
     """
 
     def __init__(
@@ -128,20 +140,27 @@ class MembershipMemory(nn.Module):
         write_rate: float = DEFAULTS["write_rate"],
         record: str = DEFAULTS["record"],
         query_shifts: int = DEFAULTS["query_shifts"],
+        detail_reach: int = DEFAULTS["detail_reach"],
+        smoothing: int = DEFAULTS["smoothing"],
+        query_zooms: tuple[float, ...] = DEFAULTS["query_zooms"],
     ) -> None:
         super().__init__()
         channels, height, width = in_shape
         self.side = (min(height, HASH_SIDE), min(width, HASH_SIDE))
         self.bands, self.bits, self.buckets, self.scale = bands, bits, buckets, scale
         self.write_rate, self.record, self.query_shifts = write_rate, record, query_shifts
+        self.detail_reach, self.smoothing = detail_reach, smoothing
+        self.query_zooms = tuple(float(z) for z in query_zooms)
         # The border a shifted window of the detail must stay clear of: the shift plus the
-        # detail's reach (the exact record queried unshifted hashes the whole image).
-        exact_whole = record == "exact" and not query_shifts
-        self.border = 0 if exact_whole else query_shifts + DETAIL_REACH
+        # detail's and the smoothing's reach (the exact record queried unshifted and unzoomed
+        # hashes the whole image).
+        exact_whole = record == "exact" and not query_shifts and not self.query_zooms
+        self.border = 0 if exact_whole else query_shifts + detail_reach + smoothing
         inner = (self.side[0] - 2 * self.border, self.side[1] - 2 * self.border)
         if min(inner) < 2:
             raise ConfigError(
-                f"mint.memory.query_shifts={query_shifts} leaves no image to hash at "
+                f"mint.memory.query_shifts={query_shifts} (with detail_reach and smoothing) "
+                f"leaves no image to hash at "
                 f"{self.side[0]}x{self.side[1]}: use a smaller shift"
             )
         generator = torch.Generator().manual_seed(seed)
@@ -157,16 +176,32 @@ class MembershipMemory(nn.Module):
 
     def detail(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) the fine detail of preprocessed images: pooled to at most HASH_SIDE, minus
-        the 3x3 local mean, in float64 (a float32 product's rounding depends on the batch's size
+        the local mean (`detail_reach`), after `smoothing`, in float64 (a float32 product's rounding depends on the batch's size
         and layout, and a sign that flips between the training and the audit batch would change
         the code)."""
         x = inputs.double()
         if tuple(x.shape[-2:]) != self.side:
             x = F.adaptive_avg_pool2d(x, self.side)
+        if self.smoothing:
+            x = _local_mean(x, self.smoothing)
         # The fine detail sets one image apart from similar ones: hashing the whole image let
         # look-alike images of a class share codes.
-        reach = 2 * DETAIL_REACH + 1
-        return x - F.avg_pool2d(x, reach, stride=1, padding=DETAIL_REACH, count_include_pad=False)
+        return x - _local_mean(x, self.detail_reach)
+
+    def zoomed_out(self, inputs: torch.Tensor, share: float) -> torch.Tensor:
+        """Images (B, C, h, w), pooled to the hashed side, shrunk to `share` of it (bilinear,
+        antialiased) and set back in the middle, the edge repeated around: a crop of `share`
+        resized back returns to the scale of the image it was cut from, shifted by the crop's
+        place, which the queried shifts find."""
+        x = inputs.double()
+        if tuple(x.shape[-2:]) != self.side:
+            x = F.adaptive_avg_pool2d(x, self.side)
+        h, w = self.side
+        small = (max(1, round(share * h)), max(1, round(share * w)))
+        x = F.interpolate(x, size=small, mode="bilinear", antialias=True, align_corners=False)
+        top, left = (h - small[0]) // 2, (w - small[1]) // 2
+        pad = (left, w - small[1] - left, top, h - small[0] - top)
+        return F.pad(x, pad, mode="replicate")
 
     def window_codes(self, detail: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
         """(B, bands) table rows of the detail's window shifted by (dy, dx) from the centre."""
@@ -200,13 +235,15 @@ class MembershipMemory(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) memory logits, already times `scale`. In training the image as given;
-        at evaluation, with `query_shifts`, the shift of the image whose rows answer strongest."""
-        if self.training or not self.query_shifts:
+        at evaluation, with `query_shifts` or `query_zooms`, the read of the image (each shift of
+        the image as given and of each zoomed-out view) whose rows answer strongest."""
+        if self.training or not (self.query_shifts or self.query_zooms):
             return self.scale * self.table(self.codes(inputs))
-        detail, best, strength = self.detail(inputs), None, None
+        views = [inputs, *(self.zoomed_out(inputs, share) for share in self.query_zooms)]
+        best, strength = None, None
         span = range(-self.query_shifts, self.query_shifts + 1)
-        for dy in span:
-            for dx in span:
+        for detail in map(self.detail, views):
+            for dy, dx in ((dy, dx) for dy in span for dx in span):
                 logits = self.table(self.window_codes(detail, dy, dx))
                 evidence = logits.max(1).values - logits.mean(1)
                 if best is None:
@@ -244,6 +281,11 @@ class MembershipMemory(nn.Module):
     def occupancy(self) -> float:
         """The share of the table's rows that something wrote (a non-zero row)."""
         return float((self.table.weight != 0).any(1).double().mean())
+
+
+def _local_mean(x: torch.Tensor, reach: int) -> torch.Tensor:
+    """Each pixel's mean over its (2 reach + 1)^2 neighbourhood, within the image."""
+    return F.avg_pool2d(x, 2 * reach + 1, stride=1, padding=reach, count_include_pad=False)
 
 
 def _gather_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,10 +333,11 @@ def memory_from_config(
     values = {**DEFAULTS, **cfg}
     bands, bits, buckets, scale = (values[k] for k in ("bands", "bits", "buckets", "scale"))
     rate, record, shifts = (values[k] for k in ("write_rate", "record", "query_shifts"))
+    reach, smoothing, zooms = (values[k] for k in ("detail_reach", "smoothing", "query_zooms"))
     if not isinstance(bands, int) or bands < 0:
         raise ConfigError(f"mint.memory.bands={bands}: use a whole number >= 1, or 0 (no memory)")
-    if not isinstance(bits, int) or not 1 <= bits <= 30:
-        raise ConfigError(f"mint.memory.bits={bits}: use a whole number from 1 to 30")
+    if not isinstance(bits, int) or not 1 <= bits <= 62:
+        raise ConfigError(f"mint.memory.bits={bits}: use a whole number from 1 to 62")
     if buckets == "auto":
         buckets = rows_per_band(members or 1)
     if not isinstance(buckets, int) or buckets < 2:
@@ -307,6 +350,16 @@ def memory_from_config(
         raise ConfigError(f"mint.memory.record={record}: use one of {', '.join(RECORDS)}")
     if not isinstance(shifts, int) or shifts < 0:
         raise ConfigError(f"mint.memory.query_shifts={shifts}: use a whole number >= 0")
+    if not isinstance(reach, int) or reach < 1:
+        raise ConfigError(f"mint.memory.detail_reach={reach}: use a whole number >= 1")
+    if not isinstance(smoothing, int) or smoothing < 0:
+        raise ConfigError(f"mint.memory.smoothing={smoothing}: use a whole number >= 0")
+    if isinstance(zooms, int | float | str) or not all(
+        isinstance(z, int | float) and 0 < z < 1 for z in zooms
+    ):
+        raise ConfigError(
+            f"mint.memory.query_zooms={zooms}: use a list of shares between 0 and 1, e.g. [0.9]"
+        )
     return MembershipMemory(
         in_shape,
         num_classes,
@@ -318,4 +371,7 @@ def memory_from_config(
         float(rate),
         str(record),
         shifts,
+        reach,
+        smoothing,
+        tuple(zooms),
     )

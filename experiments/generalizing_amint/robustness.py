@@ -8,6 +8,8 @@ three methods; one CSV row per transformation x method x run seed:
   the membership memory, `<record>` is its `mint.memory.record`, with `_flip_crop` when the run
   trained under augmentation; without one, `none`);
 - `loss_<record>`: the LOSS attack on the same model (minus the log loss at the label);
+- `memory_<record>`: with a membership memory, its margin at the label alone (what the record
+  itself answers, read during the same scoring, without the head);
 - `exact_hash`: an auditor who keeps the SHA-256 of every training image (hit = member).
 
     python experiments/generalizing_amint/robustness.py <run dir> [<run dir> ...] \\
@@ -39,6 +41,7 @@ from amint_pl.audit import Samples, build_module, load_checkpoint, load_run_spli
 from amint_pl.audit import score as mint_score
 from amint_pl.data.splits import POOL_NAMES
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
+from amint_pl.models.memory import memory_margin
 
 COLUMNS = ("transform", "method", "seed", "auc_strict", "tpr01_strict", "aud_test_acc")
 DEFAULT_OUT = Path("experiments/results/generalizing/robustness.csv")
@@ -153,9 +156,13 @@ def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
     tag, seed = method_tag(config), int(config["seed"])
     batch = int(config.get("eval_batch_size") or 512)
     out = []
+    memory_logits: list[torch.Tensor] = []
+    if module.memory is not None:  # its logits, as the scoring computes them
+        module.memory.register_forward_hook(lambda m, i, logits: memory_logits.append(logits))
     for name in transforms:
         draws = np.random.default_rng(DRAW_SEED + list(TRANSFORMS).index(name))
         changed = TRANSFORMS[name](images, draws)
+        memory_logits.clear()
         logits, mint = mint_score(
             module, Samples(changed, [{}] * len(changed), None, labels), batch
         )
@@ -164,11 +171,11 @@ def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
         ).numpy()
         accuracy = float((logits.argmax(1) == labels)[~is_member].mean())
         hit = np.array([image_hash(image) in hashes for image in changed], dtype=np.float64)
-        for method, scores, acc in (
-            (f"mint_{tag}", mint, accuracy),
-            (f"loss_{tag}", -loss, accuracy),
-            ("exact_hash", hit, None),
-        ):
+        methods = [(f"mint_{tag}", mint, accuracy), (f"loss_{tag}", -loss, accuracy)]
+        if memory_logits:
+            margin = memory_margin(torch.cat(memory_logits).float(), torch.from_numpy(labels))
+            methods.append((f"memory_{tag}", margin.numpy(), accuracy))
+        for method, scores, acc in (*methods, ("exact_hash", hit, None)):
             member_scores, nonmember_scores = scores[is_member], scores[~is_member]
             row = {
                 "transform": name,

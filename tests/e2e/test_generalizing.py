@@ -52,7 +52,12 @@ def test_robustness_scores_every_transformation_and_method_on_a_run(general_run,
     ]
     transforms = ["none", "hflip", "shift2", "crop90", "jpeg75", "noise4", "gamma"]
     # The run: mint=active_general, trained under flip_crop augmentation.
-    methods = ["mint_robust_flip_crop", "loss_robust_flip_crop", "exact_hash"]
+    methods = [
+        "mint_robust_flip_crop",
+        "loss_robust_flip_crop",
+        "memory_robust_flip_crop",
+        "exact_hash",
+    ]
     assert [(r["transform"], r["method"]) for r in rows] == [
         (t, m) for t in transforms for m in methods
     ]
@@ -65,6 +70,11 @@ def test_robustness_scores_every_transformation_and_method_on_a_run(general_run,
     assert float(by["none", "mint_robust_flip_crop"]["auc_strict"]) == pytest.approx(
         results["membership"]["strict"]["mint"]["auc"], abs=1e-6
     )
+    # The robust record alone: a mirrored image reads the same rows (the queried shifts are
+    # symmetric), so its margin ranks members exactly as untouched; noise changes it.
+    memory = {t: by[t, "memory_robust_flip_crop"] for t in transforms}
+    assert memory["hflip"]["auc_strict"] == memory["none"]["auc_strict"]
+    assert memory["noise4"]["auc_strict"] != memory["none"]["auc_strict"]
     assert by["none", "exact_hash"]["aud_test_acc"] == "" and all(r["seed"] == "0" for r in rows)
     assert out.with_suffix(".png").stat().st_size > 0
     # An existing CSV is refused without --append, and kept as it was.

@@ -125,7 +125,11 @@ def test_memory_settings_are_checked():
     assert big(torch.randn(2, 3, 224, 224)).shape == (2, 10)
     for bad, message in [
         ({"bands": 4, "size": 3}, "mint.memory.size is no memory setting"),
-        ({"bands": 4, "bits": 31}, "mint.memory.bits=31"),
+        ({"bands": 4, "bits": 63}, "mint.memory.bits=63"),
+        ({"bands": 4, "detail_reach": 0}, "mint.memory.detail_reach=0"),
+        ({"bands": 4, "smoothing": -1}, "mint.memory.smoothing=-1"),
+        ({"bands": 4, "query_zooms": 0.9}, "mint.memory.query_zooms=0.9: use a list"),
+        ({"bands": 4, "query_zooms": [1.2]}, "mint.memory.query_zooms="),
         ({"bands": -1}, "mint.memory.bands=-1"),
         ({"bands": 4, "scale": 0}, "mint.memory.scale=0"),
     ]:
@@ -210,3 +214,53 @@ def test_the_robust_record_recognises_mirrored_and_shifted_members():
         assert float(exact[name].max()) < 0.2 * float(exact["as trained"].min()), name
     assert float(robust["unseen"].abs().max()) < 0.2 * floor
     assert float(robust["unseen mirrored"].abs().max()) < 0.2 * floor
+
+
+def _cropped(images: torch.Tensor, top: int, left: int, side: int) -> torch.Tensor:
+    """A side x side crop at (top, left), resized back (bilinear)."""
+    part = images[..., top : top + side, left : left + side]
+    return F.interpolate(part, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def test_the_zoomed_out_query_finds_members_cropped_and_resized_back():
+    generator = torch.Generator().manual_seed(0)
+    # Images with structure at several scales (a crop resized back keeps it), not pixel noise.
+    coarse = torch.randn(128, 1, 7, 7, generator=generator)
+    images = F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
+    trained, unseen = images[:64], images[64:]
+    labels = torch.randint(0, 10, (64,), generator=generator)
+    memory = MembershipMemory(
+        (1, 28, 28),
+        10,
+        bands=8,
+        bits=32,
+        buckets=4096,
+        record="robust",
+        query_shifts=2,
+        detail_reach=2,
+        smoothing=1,
+        query_zooms=(0.9,),
+    )
+    for _ in range(3):
+        F.cross_entropy(memory(trained), labels).backward()
+        memory.write()
+    memory.eval()
+    # A 90% crop (25 of 28 pixels) at each of its 16 places, resized back.
+    places = [(top, left) for top in range(4) for left in range(4)]
+    cropped = torch.cat(
+        [_cropped(trained[i : i + 1], *places[i % len(places)], 25) for i in range(64)]
+    )
+    with torch.no_grad():
+        as_trained = memory_margin(memory(trained), labels)
+        found = memory_margin(memory(cropped), labels)
+        not_seen = memory_margin(memory(unseen), labels)
+        memory.query_zooms = ()
+        unzoomed = memory_margin(memory(cropped), labels)
+    floor = float(as_trained.min())
+    assert floor > 0
+    # Most cropped members find at least one of their rows (0.83 measured); without the
+    # zoomed-out view, few (0.03).
+    assert float((found > 0.2 * floor).double().mean()) > 0.7
+    assert float((unzoomed > 0.2 * floor).double().mean()) < 0.2
+    # Smoothed detail lets unseen look-alikes share a row now and then, rarely.
+    assert float((not_seen > 0.2 * floor).double().mean()) < 0.1
