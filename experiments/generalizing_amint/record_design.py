@@ -1,0 +1,141 @@
+"""What a membership record survives, before any training: every member writes the rows of its
+codes, and a changed copy of a member, or an untouched-and-changed non-member, is scored by the
+number of its bands that read a row a member of its label wrote (the most over the memory's
+queried reads: shifts, zoomed-out views). The trained memory writes the same rows (its codes are
+those of the image as given) and answers with the logits written there, so this is the record's
+own ceiling, without the network, the write's learning rate or the head.
+
+Members: the first N of a seeded permutation of Fashion-MNIST's train pool (all write); scored:
+the first --scored of them and twice as many test images, each changed by the transformations
+of robustness.py (seeded per transformation). Printed and written (--out, CSV): strict-style AUC and TPR at
+1% FPR per record and transformation.
+
+    python experiments/generalizing_amint/record_design.py --members 25000 --scored 1000 \\
+        --out experiments/results/generalizing/record_design.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from amint_pl.data.benchmarks import load_benchmark
+from amint_pl.evaluation.metrics import auc, tpr_at_fpr
+from amint_pl.models.memory import memory_from_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from robustness import DRAW_SEED, TRANSFORMS  # noqa: E402
+
+# The records compared: memory settings over the defaults (`mint=active_general` is `fine24`).
+RECORDS = {
+    "fine24": {"bands": 16, "record": "robust", "query_shifts": 2},
+    "smooth62_zoom": {
+        "bands": 16,
+        "bits": 62,
+        "record": "robust",
+        "query_shifts": 2,
+        "detail_reach": 2,
+        "smoothing": 1,
+        "query_zooms": [0.9],
+    },
+}
+COLUMNS = ("record", "transform", "members", "scored", "auc", "tpr1")
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, size: int = 1000):
+    for start in range(0, len(images), size):
+        x = torch.from_numpy(images[start : start + size]).double() / 255.0
+        yield x, torch.from_numpy(labels[start : start + size]).long()
+
+
+def written(memory, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The (row, label) keys the members write: their unshifted codes, as training writes."""
+    keys = [(memory.codes(x) * 16 + y[:, None]).flatten() for x, y in _batches(images, labels)]
+    return np.unique(torch.cat(keys).numpy())
+
+
+def hits(memory, images: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(N,) the most bands, over the memory's queried reads, whose row a member of the same
+    label wrote."""
+    out = []
+    span = range(-memory.query_shifts, memory.query_shifts + 1)
+    for x, y in _batches(images, labels):
+        views = [x, *(memory.zoomed_out(x, share) for share in memory.query_zooms)]
+        best = torch.zeros(len(x), dtype=torch.long)
+        for detail in map(memory.detail, views):
+            for dy in span:
+                for dx in span:
+                    rows = memory.window_codes(detail, dy, dx) * 16 + y[:, None]
+                    found = torch.from_numpy(np.isin(rows.numpy(), keys)).sum(1)
+                    best = torch.maximum(best, found)
+        out.append(best.numpy())
+    return np.concatenate(out).astype(np.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--members", type=int, default=25000)
+    parser.add_argument("--scored", type=int, default=1000, help="members scored (x2 non-members)")
+    parser.add_argument("--records", nargs="+", default=list(RECORDS), choices=RECORDS)
+    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=TRANSFORMS)
+    parser.add_argument("--root", default="data/fashion_mnist")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    benchmark = load_benchmark("fashion_mnist", args.root)
+    order = np.random.default_rng(0).permutation(len(benchmark.train))[: args.members]
+    images, labels = benchmark.train.images[order], benchmark.train.labels[order]
+    scored_members = slice(0, args.scored)
+    test = slice(0, 2 * args.scored)
+    outsiders, outsider_labels = benchmark.test.images[test], benchmark.test.labels[test]
+    rows = []
+    print(",".join(COLUMNS), flush=True)
+    for name in args.records:
+        started = time.time()
+        memory = memory_from_config(RECORDS[name], (1, 28, 28), 10, args.members)
+        keys = written(memory, images, labels)
+        for transform in args.transforms:
+            place = list(TRANSFORMS).index(transform)
+            change = TRANSFORMS[transform]
+            member_scores = hits(
+                memory,
+                change(images[scored_members], np.random.default_rng(DRAW_SEED + place)),
+                labels[scored_members],
+                keys,
+            )
+            outsider_scores = hits(
+                memory,
+                change(outsiders, np.random.default_rng(DRAW_SEED + 100 + place)),
+                outsider_labels,
+                keys,
+            )
+            row = {
+                "record": name,
+                "transform": transform,
+                "members": args.members,
+                "scored": f"{args.scored}/{2 * args.scored}",
+                "auc": round(auc(member_scores, outsider_scores), 4),
+                "tpr1": round(tpr_at_fpr(member_scores, outsider_scores, 0.01), 4),
+            }
+            rows.append(row)
+            print(",".join(str(row[c]) for c in COLUMNS), flush=True)
+        print(f"# {name}: {time.time() - started:.0f} s", flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
