@@ -23,8 +23,9 @@ that a mirrored copy has the same codes, and with `query_shifts` the evaluation 
 shift of the interior window up to that many pixels and answers with the one whose rows carry
 the most evidence, so that a copy moved by a few pixels is found. With `query_zooms` it also
 reads the image zoomed out (a crop resized back, returned to its scale). `smoothing` and
-`detail_reach` choose which detail is hashed: the finest tells look-alike images apart best and
-survives re-encoding, noise and resampling worst.
+`detail_reach` choose which detail is hashed: the finest tells look-alike images apart best; a
+coarser one with longer codes survived JPEG better and noise and gamma worse, and neither a crop
+resized back (experiments/generalizing_amint/README.md).
 
 It is in effect a record of the training inputs, kept by the model itself:
 - It is part of the deployed classifier: its logits are in every prediction, and any training
@@ -121,8 +122,8 @@ class MembershipMemory(nn.Module):
         detail_reach: the detail is each pixel minus the mean of its neighbourhood of this many
             pixels each way (1: 3x3, the finest; 2: 5x5 keeps coarser detail too).
         smoothing: the image is first averaged over a neighbourhood of this many pixels each way
-            (0: not): the detail left is what re-encoding, noise and resampling barely change,
-            at the price of more look-alike images sharing codes.
+            (0: not): a coarser detail, which JPEG changes less, and which look-alike images
+            share more often (longer codes make up for it).
         query_zooms: at evaluation, the image is also read zoomed out to each of these shares of
             its side (a crop of that share resized back, undone up to the lost border), at every
             queried shift; the read with the most evidence answers.
@@ -176,9 +177,9 @@ class MembershipMemory(nn.Module):
 
     def detail(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) the fine detail of preprocessed images: pooled to at most HASH_SIDE, minus
-        the local mean (`detail_reach`), after `smoothing`, in float64 (a float32 product's rounding depends on the batch's size
-        and layout, and a sign that flips between the training and the audit batch would change
-        the code)."""
+        the local mean (`detail_reach`), after `smoothing`, in float64 (a float32 product's
+        rounding depends on the batch's size and layout, and a sign that flips between the
+        training and the audit batch would change the code)."""
         x = inputs.double()
         if tuple(x.shape[-2:]) != self.side:
             x = F.adaptive_avg_pool2d(x, self.side)

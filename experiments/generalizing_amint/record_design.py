@@ -7,7 +7,7 @@ own ceiling, without the network, the write's learning rate or the head.
 
 Members: the first N of a seeded permutation of Fashion-MNIST's train pool (all write); scored:
 the first --scored of them and twice as many test images, each changed by the transformations
-of robustness.py (seeded per transformation). Printed and written (--out, CSV): strict-style AUC and TPR at
+of robustness.py (seeded per transformation). Printed and written (--out, CSV): AUC and TPR at
 1% FPR per record and transformation.
 
     python experiments/generalizing_amint/record_design.py --members 25000 --scored 1000 \\
