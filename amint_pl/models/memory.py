@@ -43,7 +43,7 @@ It is in effect a record of the training inputs, kept by the model itself:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -180,9 +180,7 @@ class MembershipMemory(nn.Module):
         the local mean (`detail_reach`), after `smoothing`, in float64 (a float32 product's
         rounding depends on the batch's size and layout, and a sign that flips between the
         training and the audit batch would change the code)."""
-        x = inputs.double()
-        if tuple(x.shape[-2:]) != self.side:
-            x = F.adaptive_avg_pool2d(x, self.side)
+        x = self._pooled(inputs)
         if self.smoothing:
             x = _local_mean(x, self.smoothing)
         # The fine detail sets one image apart from similar ones: hashing the whole image let
@@ -194,15 +192,29 @@ class MembershipMemory(nn.Module):
         antialiased) and set back in the middle, the edge repeated around: a crop of `share`
         resized back returns to the scale of the image it was cut from, shifted by the crop's
         place, which the queried shifts find."""
-        x = inputs.double()
-        if tuple(x.shape[-2:]) != self.side:
-            x = F.adaptive_avg_pool2d(x, self.side)
+        x = self._pooled(inputs)
         h, w = self.side
         small = (max(1, round(share * h)), max(1, round(share * w)))
         x = F.interpolate(x, size=small, mode="bilinear", antialias=True, align_corners=False)
         top, left = (h - small[0]) // 2, (w - small[1]) // 2
         pad = (left, w - small[1] - left, top, h - small[0] - top)
         return F.pad(x, pad, mode="replicate")
+
+    def _pooled(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Images in float64, average-pooled to the hashed side."""
+        x = inputs.double()
+        return x if tuple(x.shape[-2:]) == self.side else F.adaptive_avg_pool2d(x, self.side)
+
+    def queried_rows(self, inputs: torch.Tensor) -> Iterator[torch.Tensor]:
+        """(B, bands) table rows of each read the evaluation makes of a batch: every queried
+        shift of the image as given, then of each zoomed-out view (`query_shifts`,
+        `query_zooms`); without either, the one unshifted read training writes."""
+        views = [inputs, *(self.zoomed_out(inputs, share) for share in self.query_zooms)]
+        span = range(-self.query_shifts, self.query_shifts + 1)
+        for detail in map(self.detail, views):
+            for dy in span:
+                for dx in span:
+                    yield self.window_codes(detail, dy, dx)
 
     def window_codes(self, detail: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
         """(B, bands) table rows of the detail's window shifted by (dy, dx) from the centre."""
@@ -240,19 +252,16 @@ class MembershipMemory(nn.Module):
         the image as given and of each zoomed-out view) whose rows answer strongest."""
         if self.training or not (self.query_shifts or self.query_zooms):
             return self.scale * self.table(self.codes(inputs))
-        views = [inputs, *(self.zoomed_out(inputs, share) for share in self.query_zooms)]
         best, strength = None, None
-        span = range(-self.query_shifts, self.query_shifts + 1)
-        for detail in map(self.detail, views):
-            for dy, dx in ((dy, dx) for dy in span for dx in span):
-                logits = self.table(self.window_codes(detail, dy, dx))
-                evidence = logits.max(1).values - logits.mean(1)
-                if best is None:
-                    best, strength = logits, evidence
-                else:
-                    better = evidence > strength
-                    best = torch.where(better[:, None], logits, best)
-                    strength = torch.maximum(strength, evidence)
+        for rows in self.queried_rows(inputs):
+            logits = self.table(rows)
+            evidence = logits.max(1).values - logits.mean(1)
+            if best is None:
+                best, strength = logits, evidence
+            else:
+                better = evidence > strength
+                best = torch.where(better[:, None], logits, best)
+                strength = torch.maximum(strength, evidence)
         return self.scale * best
 
     @torch.no_grad()

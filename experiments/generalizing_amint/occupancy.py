@@ -44,14 +44,10 @@ def hits(memory, images: np.ndarray, written: torch.Tensor, batch: int = 2000) -
     mask = torch.zeros(memory.bands * memory.buckets, dtype=torch.bool)
     mask[written.flatten()] = True
     plain, best = [], []
-    span = range(-memory.query_shifts, memory.query_shifts + 1)
     for start in range(0, len(images), batch):
         x = torch.from_numpy(images[start : start + batch]).double() / 255.0
-        detail = memory.detail(x)
-        counts = torch.stack(
-            [mask[memory.window_codes(detail, dy, dx)].sum(1) for dy in span for dx in span]
-        )
-        plain.append(mask[memory.window_codes(detail)].sum(1))
+        counts = torch.stack([mask[rows].sum(1) for rows in memory.queried_rows(x)])
+        plain.append(mask[memory.codes(x)].sum(1))
         best.append(counts.max(0).values)
     return float(torch.cat(plain).double().mean()), float(torch.cat(best).double().mean())
 

@@ -64,16 +64,11 @@ def hits(memory, images: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> np
     """(N,) the most bands, over the memory's queried reads, whose row a member of the same
     label wrote."""
     out = []
-    span = range(-memory.query_shifts, memory.query_shifts + 1)
     for x, y in _batches(images, labels):
-        views = [x, *(memory.zoomed_out(x, share) for share in memory.query_zooms)]
         best = torch.zeros(len(x), dtype=torch.long)
-        for detail in map(memory.detail, views):
-            for dy in span:
-                for dx in span:
-                    rows = memory.window_codes(detail, dy, dx) * 16 + y[:, None]
-                    found = torch.from_numpy(np.isin(rows.numpy(), keys)).sum(1)
-                    best = torch.maximum(best, found)
+        for rows in memory.queried_rows(x):
+            found = torch.from_numpy(np.isin((rows * 16 + y[:, None]).numpy(), keys)).sum(1)
+            best = torch.maximum(best, found)
         out.append(best.numpy())
     return np.concatenate(out).astype(np.float64)
 
