@@ -19,7 +19,7 @@ from omegaconf.errors import InterpolationResolutionError
 
 from amint_pl.errors import AmintError, ConfigError
 from amint_pl.status import PROGRESS_LOGGER, RunStatus, Stages
-from amint_pl.training.resume import keep_earlier_attempt
+from amint_pl.training.resume import earlier_attempts_wall_s, keep_earlier_attempt
 
 log = logging.getLogger("amint_pl.run")
 
@@ -106,15 +106,15 @@ def run_record(
     """The record of a run while it runs: yields its `Stages` (its results.json content being
     built, its status.json), from stage `starting` on. A resumed run's earlier attempt is kept in
     attempts/<n>/ first. At the end, however the run ends, results.json and status.json say how
-    (completed, or failed with the cause and the resume command) and its wall time since `started`,
-    and W&B closes. A SIGTERM that Lightning turned into exit code 0 leaves with code 1."""
+    (completed, or failed with the cause and the resume command) and its wall time since `started`
+    (results.json: also that of every attempt together, for a resumed run), and W&B closes. A SIGTERM that Lightning turned into exit code 0 leaves with code 1."""
     results = new_record(cfg, output_dir, choices)
     status = RunStatus(output_dir, enabled=rank_zero)
     stages = Stages(results, status, rank_zero)
     try:
-        stages.enter("starting")
         if cfg.ckpt_path is not None and rank_zero:
-            keep_earlier_attempt(output_dir)
+            keep_earlier_attempt(output_dir)  # before this attempt's status.json replaces its own
+        stages.enter("starting")
         results.update(config_digest=config_digest(cfg), versions=versions())
         yield stages
         results["status"] = "completed"
@@ -127,6 +127,9 @@ def run_record(
         raise
     finally:
         results["wall_time_s"] = round(time.time() - started, 2)
+        earlier = earlier_attempts_wall_s(output_dir)
+        if earlier is not None:
+            results["wall_time_all_attempts_s"] = round(results["wall_time_s"] + earlier, 2)
         finish_run(cfg, output_dir, results, status, rank_zero)
 
 

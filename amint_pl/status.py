@@ -3,7 +3,7 @@ aggregate). Rewritten atomically at each stage and epoch while the run runs (sta
 once more when it ends (`completed`, or `failed` with the stage it stopped in).
 
 Fields: state, stage, phase, epoch, max_epochs, step, eta_s, metrics (the epoch's), error, pid,
-host, started and updated (ISO times) and updated_unix (seconds since the epoch).
+host, started and updated (ISO times), started_unix and updated_unix (seconds since the epoch).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ class RunStatus:
             "state": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "started": _iso(time.time()),
         }
+        now = time.time()
+        self.fields.update(started=_iso(now), started_unix=round(now, 3))
 
     def update(self, **fields: Any) -> None:
         self.fields.update(fields)

@@ -24,6 +24,7 @@ from amint_pl.checkpoints import (
     read_checkpoint,
 )
 from amint_pl.errors import AmintError, ConfigError
+from amint_pl.status import STATUS_FILE, read_status
 
 # A run directory's own config and overrides, as Hydra wrote them when it started.
 RUN_CONFIG = Path(".hydra") / "config.yaml"
@@ -37,6 +38,7 @@ ATTEMPT_FILES = (
     "scores_hist.png",
     "training_curves.png",
     "csv",
+    STATUS_FILE,  # its times: how long the attempt ran, even one that was killed
 )
 # A phase that a resume from a later phase's checkpoint does not train again.
 SKIP_PHASE = "skip"
@@ -167,6 +169,20 @@ def keep_earlier_attempt(output_dir: Path) -> None:
     for name in ATTEMPT_FILES:
         if (output_dir / name).exists():
             (output_dir / name).rename(attempt / name)
+
+
+def earlier_attempts_wall_s(output_dir: Path) -> float | None:
+    """The wall time of a resumed run's earlier attempts together (None: it has none kept). An
+    attempt that ended says its own; one that was killed, from its start to its last status."""
+    statuses = [read_status(p.parent) for p in (output_dir / "attempts").glob(f"*/{STATUS_FILE}")]
+    walls = [
+        s["wall_time_s"]
+        if isinstance(s.get("wall_time_s"), (int, float))
+        else s.get("updated_unix", 0.0) - s.get("started_unix", s.get("updated_unix", 0.0))
+        for s in statuses
+        if s
+    ]
+    return float(sum(walls)) if walls else None
 
 
 def set_aside_checkpoints(output_dir: Path, phases: tuple[str, ...]) -> None:

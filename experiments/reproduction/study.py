@@ -137,8 +137,10 @@ def done_keys(path: Path) -> set[tuple[str, ...]]:
 
 
 def record(row: Row, run_dir: Path, wall_s: float) -> dict:
-    """One CSV line from a finished run's results.json."""
+    """One CSV line from a finished run's results.json (wall_s: this command's; a resumed run
+    counts every attempt, as its results.json does)."""
     results = json.loads((run_dir / "results.json").read_text())
+    wall_s = results.get("wall_time_all_attempts_s", wall_s)
     paper = results["membership"]["paper"]
     strict = results["membership"].get("strict", {})
     mint = paper.get("mint", {})

@@ -225,7 +225,8 @@ def main() -> int:
         "threshold 0.5 on its own protocol, so compare its MINT accuracy with our 'bal. acc "
         "@0.5' loosely. Recipes: `ours` = the run defaults (Adam lr 1e-3); `paper` = "
         "`experiment=paper` (Adam lr 1e-4, the paper's head). Minutes are wall time on 2 CPU "
-        "cores shared with other jobs (load 2-10): compare rows with each other, loosely.",
+        "cores shared with other jobs (load 2-10): compare rows with each other, loosely; a run "
+        "resumed after an interruption counts every attempt's minutes.",
         "",
         *run_table(rows),
         "",

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from amint_pl.errors import ConfigError
 from amint_pl.record import resolved_config, run_record
+from amint_pl.status import RunStatus
 from tests.helpers import TINY, compose_config, read_results
 
 CHOICES = {"model": "small_cnn", "mint": "passive"}
@@ -72,12 +73,33 @@ def test_a_resumed_run_keeps_its_earlier_attempt(tmp_path):
     with run_record(cfg, tmp_path, CHOICES, True, time.time()):
         pass
     first = read_results(tmp_path)
+    assert "wall_time_all_attempts_s" not in first
     resumed = _config(tmp_path, "ckpt_path=last")
+    walls = [first["wall_time_s"]]
     for attempt in (1, 2):
-        with run_record(resumed, tmp_path, CHOICES, True, time.time()):
+        with run_record(resumed, tmp_path, CHOICES, True, time.time() - 100 * attempt):
             assert not (tmp_path / "results.json").exists()
-        assert read_results(tmp_path / "attempts" / str(attempt))["run_dir"] == first["run_dir"]
-    assert read_results(tmp_path)["status"] == "completed"
+        kept = tmp_path / "attempts" / str(attempt)
+        assert read_results(kept)["run_dir"] == first["run_dir"]
+        assert _status(kept)["wall_time_s"] == walls[-1]
+        results = read_results(tmp_path)
+        walls.append(results["wall_time_s"])
+        assert results["wall_time_all_attempts_s"] == pytest.approx(sum(walls), abs=0.02)
+    assert read_results(tmp_path)["status"] == "completed" and walls[-1] >= 200
+
+
+def test_a_killed_attempts_time_counts_from_its_start_to_its_last_status(tmp_path):
+    """A process killed outright writes no end: its status.json as it last rewrote it stands."""
+    killed = RunStatus(tmp_path)
+    killed.fields["started_unix"] -= 3600  # started an hour before its last status
+    killed.update(stage="training", phase="joint", epoch=9)
+    with run_record(_config(tmp_path, "ckpt_path=last"), tmp_path, CHOICES, True, time.time()):
+        assert _status(tmp_path)["stage"] == "starting"
+    assert _status(tmp_path / "attempts" / "1")["state"] == "running"
+    results = read_results(tmp_path)
+    assert results["wall_time_all_attempts_s"] == pytest.approx(
+        results["wall_time_s"] + 3600, abs=0.1
+    )
 
 
 def test_only_global_rank_zero_writes_the_record(tmp_path):
