@@ -225,7 +225,6 @@ def plot_roc(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullLocator
 
     protocols = list(membership)
@@ -263,7 +262,10 @@ def plot_roc(
     fig.suptitle(title, fontsize=10)
     # Margins in inches, fixed: tight_layout would measure every tick label first.
     fig.subplots_adjust(
-        left=0.75 / width, right=1 - 0.2 / width, bottom=0.6 / height, top=1 - 0.75 / height,
+        left=0.75 / width,
+        right=1 - 0.2 / width,
+        bottom=0.6 / height,
+        top=1 - 0.75 / height,
         wspace=0.25,
     )
     fig.savefig(path, dpi=120)
