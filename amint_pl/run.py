@@ -36,7 +36,7 @@ from amint_pl.loggers import build_loggers, in_a_sweep, run_choices
 from amint_pl.record import log_start, resolved_config, run_record, set_up_logging
 from amint_pl.status import Stages, StopOnSigterm
 from amint_pl.training.resume import check_resume, resumed_config_dir
-from amint_pl.validation import command_line_overrides, validate_config
+from amint_pl.validation import command_line_overrides, composition_errors, validate_config
 
 # Run directories carry this: the process id and a random suffix, fixed for the whole process.
 RUN_UID = f"{os.getpid()}-{secrets.token_hex(2)}"
@@ -136,13 +136,14 @@ def main() -> None:
     """`python -m amint_pl.run [overrides]`: one experiment, or a sweep with -m."""
     try:
         args = command_line_overrides(sys.argv[1:])
+        if args != sys.argv[1:]:
+            print(f"overrides: {' '.join(args)}", file=sys.stderr)
+        sys.argv[1:] = args + resumed_config_dir(args, RUN_UID)
+        with composition_errors():
+            _hydra_main()
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    if args != sys.argv[1:]:
-        print(f"overrides: {' '.join(args)}", file=sys.stderr)
-    sys.argv[1:] = args + resumed_config_dir(args, RUN_UID)
-    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The command line (`command_line_overrides`, before Hydra starts): a config group option that
 does not exist, a launcher whose plugin is missing, a run directory that already holds a run, a
-resume without its run directory, and a misspelt or undeclared key (the config is composed once).
+resume without its run directory. While Hydra composes (`composition_errors`): a misspelt or
+undeclared key, an override it cannot parse.
 
 The run config (`validate_config`): everything a user can get wrong (data set, model and taps,
 mint mode, loggers, split sizes, batch size, epochs, optimiser, monitor, attack, ckpt_path), with
@@ -17,7 +18,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,31 +128,34 @@ def check_overrides(overrides: list[str]) -> None:
         )
 
 
-def check_keys(args: list[str]) -> None:
-    """Compose the config once with the plain overrides, so that a misspelt or undeclared key is
-    one line naming the fix instead of Hydra's report (sweeps, -m, are composed by Hydra alone)."""
-    if any(arg in ("-m", "--multirun") for arg in args):
-        return
-    overrides = [
-        arg
-        for arg in args
-        if "=" in arg and not arg.startswith(("-", "hydra.", "hydra/", "+hydra", "~hydra"))
-    ]
-    if not overrides:
-        return
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException
+@contextmanager
+def composition_errors() -> Iterator[None]:
+    """Hydra's report of an override it cannot apply (a misspelt or undeclared key, a value of
+    the wrong type, an override it cannot parse), in a run or any job of a sweep, raised as one
+    ConfigError line naming the fix. Hydra prints its own report unless HYDRA_FULL_ERROR=1 makes
+    it raise: set while inside."""
+    from hydra.errors import ConfigCompositionException, OverrideParseException
 
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        try:
-            compose("run", overrides=overrides)
-        except ConfigCompositionException as err:
-            cause = str(err.__cause__ or "").strip().splitlines()
-            reason = " ".join([str(err).strip().splitlines()[0], *cause[:1]])
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except (ConfigCompositionException, OverrideParseException) as err:
+        cause = str(err.__cause__ or "").strip().splitlines()
+        reason = " ".join([str(err).strip().splitlines()[0], *cause[:1]])
+        if isinstance(err, OverrideParseException):
             raise ConfigError(
-                f"{reason}: check the spelling (python -m amint_pl.run --cfg job prints every "
-                "setting), or add a new key with a leading +"
+                f"{reason}: write overrides as key=value, lists as 'key=[a,b]'"
             ) from err
+        raise ConfigError(
+            f"{reason}: check the spelling (python -m amint_pl.run --cfg job prints every "
+            "setting), or add a new key with a leading +"
+        ) from err
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR")
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 def command_line_overrides(args: list[str]) -> list[str]:
@@ -159,7 +164,6 @@ def command_line_overrides(args: list[str]) -> list[str]:
     and `optim.name=` their config group options."""
     args = with_optim_group(with_timm_config(with_run_overrides(args)))
     check_overrides(args)
-    check_keys(args)
     return args
 
 

@@ -42,6 +42,20 @@ def test_a_misspelt_key_is_one_line_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (("trainer.max_epochs=[",), "no viable alternative at input '[': write overrides as"),
+        (("mint=active,passive", "mint.hed.kind=light", "-m"), "Key 'hed' is not in struct"),
+    ],
+)
+def test_an_override_hydra_cannot_apply_is_one_line_in_a_run_or_a_sweep(
+    tmp_path, overrides, message
+):
+    _one_line_error(_run(tmp_path, *overrides), message)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
         ((NO_DATA, "mint.taps=[7]"), "index 7 is out of range; this model has stages 0..2"),
         # Split sizes need the pool sizes: digits loads in a blink, then build_splits refuses.
         (("dataset.splits.members=5000",), "exceeds the train pool (1258): lower them"),
