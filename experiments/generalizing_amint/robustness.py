@@ -226,8 +226,9 @@ def plot(path: Path, rows: list[dict]) -> None:
                 for t in transforms
             ]
             mean = [np.mean(v) if v else np.nan for v in values]
-            low = [m_ - min(v) if v else 0 for m_, v in zip(mean, values, strict=True)]
-            high = [max(v) - m_ if v else 0 for m_, v in zip(mean, values, strict=True)]
+            # The mean of equal seeds can round past them: no bar below zero.
+            low = [max(m_ - min(v), 0.0) if v else 0 for m_, v in zip(mean, values, strict=True)]
+            high = [max(max(v) - m_, 0.0) if v else 0 for m_, v in zip(mean, values, strict=True)]
             x = np.arange(len(transforms)) + (m - (len(methods) - 1) / 2) * width
             ax.bar(x, mean, width, yerr=[low, high], label=method, capsize=2)
         ax.axhline(target, color="k", ls="--", lw=0.8)

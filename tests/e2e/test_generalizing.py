@@ -108,3 +108,16 @@ def test_fingerprints_find_members_cropped_and_re_encoded(tmp_path):
     assert set(rows) == {"none", "crop90", "jpeg75"}
     assert float(rows["none"]["auc"]) == float(rows["none"]["tpr01"]) == 1.0
     assert float(rows["crop90"]["auc"]) >= 0.99 and float(rows["jpeg75"]["auc"]) >= 0.99
+
+
+def test_the_robustness_plot_takes_equal_seeds_whose_mean_rounds_past_them(tmp_path):
+    """Three seeds of the same value, whose mean rounds above it: no negative error bar."""
+    import robustness
+
+    rows = [
+        {"transform": "none", "method": "mint", "seed": seed, "auc_strict": "0.022444"}
+        | {"tpr01_strict": "0.022444", "aud_test_acc": ""}
+        for seed in ("0", "1", "2")
+    ]
+    robustness.plot(tmp_path / "seeds.png", rows)
+    assert (tmp_path / "seeds.png").stat().st_size > 0
