@@ -107,7 +107,8 @@ def run_record(
     built, its status.json), from stage `starting` on. A resumed run's earlier attempt is kept in
     attempts/<n>/ first. At the end, however the run ends, results.json and status.json say how
     (completed, or failed with the cause and the resume command) and its wall time since `started`
-    (results.json: also that of every attempt together, for a resumed run), and W&B closes. A SIGTERM that Lightning turned into exit code 0 leaves with code 1."""
+    (results.json: also that of every attempt together, for a resumed run), and W&B closes. A
+    SIGTERM that Lightning turned into exit code 0 leaves with code 1."""
     results = new_record(cfg, output_dir, choices)
     status = RunStatus(output_dir, enabled=rank_zero)
     stages = Stages(results, status, rank_zero)

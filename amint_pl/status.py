@@ -50,13 +50,14 @@ class RunStatus:
     def __init__(self, run_dir: Path, enabled: bool = True) -> None:
         self.path = Path(run_dir) / STATUS_FILE
         self.enabled = enabled
+        now = time.time()
         self.fields: dict[str, Any] = {
             "state": "running",
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "started": _iso(now),
+            "started_unix": round(now, 3),
         }
-        now = time.time()
-        self.fields.update(started=_iso(now), started_unix=round(now, 3))
 
     def update(self, **fields: Any) -> None:
         self.fields.update(fields)

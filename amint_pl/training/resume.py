@@ -174,14 +174,15 @@ def keep_earlier_attempt(output_dir: Path) -> None:
 def earlier_attempts_wall_s(output_dir: Path) -> float | None:
     """The wall time of a resumed run's earlier attempts together (None: it has none kept). An
     attempt that ended says its own; one that was killed, from its start to its last status."""
-    statuses = [read_status(p.parent) for p in (output_dir / "attempts").glob(f"*/{STATUS_FILE}")]
-    walls = [
-        s["wall_time_s"]
-        if isinstance(s.get("wall_time_s"), (int, float))
-        else s.get("updated_unix", 0.0) - s.get("started_unix", s.get("updated_unix", 0.0))
-        for s in statuses
-        if s
-    ]
+    walls = []
+    for path in (output_dir / "attempts").glob(f"*/{STATUS_FILE}"):
+        status = read_status(path.parent) or {}
+        if isinstance(status.get("wall_time_s"), int | float):
+            walls.append(status["wall_time_s"])
+        elif isinstance(status.get("started_unix"), int | float):
+            walls.append(
+                status.get("updated_unix", status["started_unix"]) - status["started_unix"]
+            )
     return float(sum(walls)) if walls else None
 
 
