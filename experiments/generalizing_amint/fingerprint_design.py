@@ -6,8 +6,10 @@ detail to change every band. This script measures the alternative: keep one shor
 member (its interior, average-pooled, centred and scaled to unit length: `--pool` pixels per
 cell) and score a queried image by its largest cosine similarity to a member fingerprint of its
 label, over the reads the memory makes (every shift up to 2 pixels of the image and of its 0.9
-zoomed-out view, each also mirrored). A fingerprint of 144 numbers for 25,000 members is 14 MB of
-float32, against the table's 84M parameters.
+zoomed-out view, each also mirrored). The zoomed-out reads are compared with the members'
+fingerprints after a crop resized back and zoomed out again (a view blurred alike). At 28x28,
+pool 2 and a border of 3 a fingerprint is 121 numbers: 12 MB of float32 for 25,000 members,
+against the table's 84M parameters.
 
 Members: the first N of a seeded permutation of Fashion-MNIST's train pool; scored: the first
 --scored of them and twice as many test images, changed by robustness.py's transformations (the
@@ -15,7 +17,7 @@ same seeded draws as record_design.py). Printed and written (--out, CSV): AUC an
 0.1% FPR per fingerprint and transformation.
 
     python experiments/generalizing_amint/fingerprint_design.py --members 25000 --scored 1000 \\
-        --out experiments/results/generalizing/fingerprint_design.csv
+        --pools 2 4 --margin 1 --out experiments/results/generalizing/fingerprint_design.csv
 """
 
 from __future__ import annotations
