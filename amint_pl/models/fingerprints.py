@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from amint_pl.errors import ConfigError
-from amint_pl.models.memory import cropped_back, gather_rows, window, zoomed_out
+from amint_pl.models.records import cropped_back, gather_rows, window, zoomed_out
 
 # The largest side the image is average-pooled to before its fingerprint is taken.
 FINGERPRINT_SIDE = 32
@@ -148,11 +148,11 @@ class FingerprintMemory(nn.Module):
         ).tolist()
         views = self.views(inputs)[: 1 if self.training else None]
         span = range(-self.query_shifts, self.query_shifts + 1) if not self.training else [0]
+        banks = [bank[:n][order].double().T for bank in self.prints[: len(views)]]
         for start in range(0, len(inputs), QUERY_CHUNK):
             # The largest similarity to each bank entry over the reads, then per class.
             nearest = None
-            for bank, view in zip(self.prints, views, strict=False):
-                bank = bank[:n][order].double().T
+            for bank, view in zip(banks, views, strict=True):
                 part = view[start : start + QUERY_CHUNK]
                 for dy in span:
                     for dx in span:

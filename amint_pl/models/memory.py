@@ -25,7 +25,9 @@ the most evidence, so that a copy moved by a few pixels is found. With `query_zo
 reads the image zoomed out (a crop resized back, returned to its scale). `smoothing` and
 `detail_reach` choose which detail is hashed: the finest tells look-alike images apart best; a
 coarser one with longer codes survived JPEG better and noise and gamma worse, and neither a crop
-resized back (experiments/generalizing_amint/README.md).
+resized back (experiments/generalizing_amint/README.md). A third record, `fingerprint`, keeps
+each member's fingerprint and reads by similarity instead of by hash, which survives those too
+(`FingerprintMemory`, fingerprints.py; `memory_from_config` builds either).
 
 It is in effect a record of the training inputs, kept by the model itself:
 - It is part of the deployed classifier: its logits are in every prediction, and any training
@@ -51,6 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from amint_pl.errors import ConfigError
+from amint_pl.models.fingerprints import FingerprintMemory
+from amint_pl.models.records import gather_rows, window, zoomed_out
 
 # The settings (`mint.memory.*`) and their defaults when a memory is built.
 DEFAULTS = {
@@ -296,58 +300,9 @@ class MembershipMemory(nn.Module):
         return float((self.table.weight != 0).any(1).double().mean())
 
 
-def window(images: torch.Tensor, border: int, dy: int = 0, dx: int = 0) -> torch.Tensor:
-    """The images' interior clear of `border` pixels on every side, shifted by (dy, dx) from the
-    centre (|dy|, |dx| <= border)."""
-    h, w = images.shape[-2:]
-    return images[..., border + dy : h - border + dy, border + dx : w - border + dx]
-
-
-def zoomed_out(images: torch.Tensor, share: float) -> torch.Tensor:
-    """Images (B, C, h, w) shrunk to `share` of their side (bilinear, antialiased) and set back in
-    the middle, the edge repeated around: a crop of `share` resized back returns to the scale of
-    the image it was cut from, shifted by the crop's place, which the queried shifts find."""
-    h, w = images.shape[-2:]
-    small = (max(1, round(share * h)), max(1, round(share * w)))
-    x = F.interpolate(images, size=small, mode="bilinear", antialias=True, align_corners=False)
-    top, left = (h - small[0]) // 2, (w - small[1]) // 2
-    pad = (left, w - small[1] - left, top, h - small[0] - top)
-    return F.pad(x, pad, mode="replicate")
-
-
-def cropped_back(images: torch.Tensor, share: float) -> torch.Tensor:
-    """A crop of `share` of each side at (1, 1) (nearer the corner when the crop leaves less
-    room), resized back (bilinear, antialiased): what a copy cropped off-centre looks like."""
-    h, w = images.shape[-2:]
-    small = (max(1, round(share * h)), max(1, round(share * w)))
-    top, left = min(1, h - small[0]), min(1, w - small[1])
-    part = images[..., top : top + small[0], left : left + small[1]]
-    return F.interpolate(part, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-
-
 def _local_mean(x: torch.Tensor, reach: int) -> torch.Tensor:
     """Each pixel's mean over its (2 reach + 1)^2 neighbourhood, within the image."""
     return F.avg_pool2d(x, 2 * reach + 1, stride=1, padding=reach, count_include_pad=False)
-
-
-def gather_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's (rows, values), concatenated, on every process."""
-    world = torch.distributed.get_world_size()
-    counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
-    torch.distributed.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
-    most = int(max(c.item() for c in counts))
-    padded_rows = torch.zeros(most, dtype=rows.dtype, device=rows.device)
-    padded_values = torch.zeros(most, values.shape[1], dtype=values.dtype, device=values.device)
-    padded_rows[: len(rows)], padded_values[: len(rows)] = rows, values
-    all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
-    all_values = [torch.empty_like(padded_values) for _ in range(world)]
-    torch.distributed.all_gather(all_rows, padded_rows)
-    torch.distributed.all_gather(all_values, padded_values)
-    n = [int(c.item()) for c in counts]
-    return (
-        torch.cat([r[:k] for r, k in zip(all_rows, n, strict=True)]),
-        torch.cat([v[:k] for v, k in zip(all_values, n, strict=True)]),
-    )
 
 
 def memory_margin(memory_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -369,7 +324,7 @@ def memory_from_config(
     in_shape: tuple[int, int, int],
     num_classes: int,
     members: int | None = None,
-) -> nn.Module | None:
+) -> MembershipMemory | FingerprintMemory | None:
     """The memory a `mint.memory` config node describes: a `MembershipMemory`, a
     `FingerprintMemory` (`record: fingerprint`), or None when `bands` is 0 (the default) with a
     hashed record. `members`: the number of samples the model trains on, which `buckets: auto` and
@@ -442,10 +397,8 @@ def _fingerprints_from_config(
     in_shape: tuple[int, int, int],
     num_classes: int,
     members: int | None,
-) -> nn.Module:
-    """The fingerprint record's memory (fingerprints.py, which builds on this module)."""
-    from amint_pl.models.fingerprints import FingerprintMemory
-
+) -> FingerprintMemory:
+    """The fingerprint record's memory (fingerprints.py)."""
     pool, margin, capacity = (values[k] for k in ("pool", "margin", "capacity"))
     scale, shifts, zooms = (values[k] for k in ("scale", "query_shifts", "query_zooms"))
     _check_reads(scale, shifts, zooms)
