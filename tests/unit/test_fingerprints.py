@@ -193,3 +193,28 @@ def test_it_finds_members_mirrored_shifted_cropped_and_re_encoded():
         ]
     # (measured: 0.999 with them, 0.65 without)
     assert auc(*(m.numpy() for m in margins)) < 0.9
+
+
+def test_the_audited_models_class_logits_are_the_networks():
+    """In `AMINTModule.audited` the fingerprints add nothing to the class logits, in training (a
+    zero-valued probe the cross-entropy reaches) and at evaluation; the head gets the evidence."""
+    from amint_pl.training.module import AMINTModule
+    from tests.helpers import config_dict
+
+    config = config_dict("mint=active_fingerprint", "dataset.image_size=16", "debug=fast")
+    module = AMINTModule(config, num_classes=10, native_channels=1, mean=[0.5], std=[0.25])
+    images, labels = torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    for _ in range(2):  # an empty bank, then one holding the images
+        module.train()
+        torch.manual_seed(0)
+        logits, _, evidence = module.audited(images)
+        torch.manual_seed(0)
+        assert torch.equal(logits, module.backbone(images)[0])
+        F.cross_entropy(logits, labels).backward()
+        module.memory.write()
+        assert int(module.memory.count) == 8
+    module.eval()
+    with torch.no_grad():
+        logits, _, evidence = module.audited(images)
+        assert torch.equal(logits, module.backbone(images)[0])
+    assert float(memory_margin(evidence, labels).min()) > 0.1
