@@ -255,7 +255,8 @@ def _check_model(cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
             if "memory" in features and memory is None and mint["mode"] != "off":
                 raise ConfigError(
                     "mint.head.output_features has 'memory' but the model has no membership "
-                    "memory: set mint.memory.bands (e.g. 16) or drop the feature"
+                    "memory: set mint.memory.bands (e.g. 16) or mint.memory.record=fingerprint, "
+                    "or drop the feature"
                 )
             if mint["mode"] != "off":
                 mint_head_from_config(mint["head"], shapes, num_classes)

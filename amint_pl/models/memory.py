@@ -25,7 +25,9 @@ the most evidence, so that a copy moved by a few pixels is found. With `query_zo
 reads the image zoomed out (a crop resized back, returned to its scale). `smoothing` and
 `detail_reach` choose which detail is hashed: the finest tells look-alike images apart best; a
 coarser one with longer codes survived JPEG better and noise and gamma worse, and neither a crop
-resized back (experiments/generalizing_amint/README.md).
+resized back (experiments/generalizing_amint/README.md). A third record, `fingerprint`, keeps
+each member's fingerprint and reads by similarity instead of by hash, which survives those too
+(`FingerprintMemory`, fingerprints.py; `memory_from_config` builds either).
 
 It is in effect a record of the training inputs, kept by the model itself:
 - It is part of the deployed classifier: its logits are in every prediction, and any training
@@ -51,6 +53,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from amint_pl.errors import ConfigError
+from amint_pl.models.fingerprints import FingerprintMemory
+from amint_pl.models.records import gather_rows, window, zoomed_out
 
 # The settings (`mint.memory.*`) and their defaults when a memory is built.
 DEFAULTS = {
@@ -65,11 +69,19 @@ DEFAULTS = {
     "detail_reach": 1,
     "smoothing": 0,
     "query_zooms": (),
+    "pool": 2,
+    "margin": 1,
+    "capacity": "auto",
 }
+# The settings of the fingerprint record (fingerprints.py): the hashed ones (`bands`, `bits`,
+# `buckets`, `seed`, `write_rate`, `detail_reach`, `smoothing`) do not apply to it and are
+# ignored; `pool`, `margin` and `capacity` apply to it alone (and are ignored by the others).
 # The records: `exact` hashes the image's fine detail as given; `robust` takes, band by band, the
 # smaller of the codes of the image and of its horizontal mirror. With `query_shifts` either
 # hashes the interior: a border as wide as the largest queried shift plus the detail's reach.
-RECORDS = ("exact", "robust")
+# `fingerprint` is a record read by similarity (fingerprints.py): a memory of its own, whatever
+# `bands` says.
+RECORDS = ("exact", "robust", "fingerprint")
 # `buckets: auto` gives each band the smallest power of two of rows that the members fill to at
 # most this share (each member writes one row per band).
 MAX_OCCUPANCY = 0.05
@@ -188,17 +200,9 @@ class MembershipMemory(nn.Module):
         return x - _local_mean(x, self.detail_reach)
 
     def zoomed_out(self, inputs: torch.Tensor, share: float) -> torch.Tensor:
-        """Images (B, C, h, w), pooled to the hashed side, shrunk to `share` of it (bilinear,
-        antialiased) and set back in the middle, the edge repeated around: a crop of `share`
-        resized back returns to the scale of the image it was cut from, shifted by the crop's
-        place, which the queried shifts find."""
-        x = self._pooled(inputs)
-        h, w = self.side
-        small = (max(1, round(share * h)), max(1, round(share * w)))
-        x = F.interpolate(x, size=small, mode="bilinear", antialias=True, align_corners=False)
-        top, left = (h - small[0]) // 2, (w - small[1]) // 2
-        pad = (left, w - small[1] - left, top, h - small[0] - top)
-        return F.pad(x, pad, mode="replicate")
+        """Images (B, C, h, w), pooled to the hashed side and zoomed out to `share` of it
+        (`zoomed_out`, the module's function)."""
+        return zoomed_out(self._pooled(inputs), share)
 
     def _pooled(self, inputs: torch.Tensor) -> torch.Tensor:
         """Images in float64, average-pooled to the hashed side."""
@@ -218,14 +222,12 @@ class MembershipMemory(nn.Module):
 
     def window_codes(self, detail: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
         """(B, bands) table rows of the detail's window shifted by (dy, dx) from the centre."""
-        b = self.border
-        h, w = detail.shape[-2:]
-        window = detail[..., b + dy : h - b + dy, b + dx : w - b + dx]
-        rows = self._rows_of(window)
+        part = window(detail, self.border, dy, dx)
+        rows = self._rows_of(part)
         if self.record == "robust":
             # The smaller code of the window and of its mirror, band by band: a mirrored image
             # has the same codes.
-            rows = torch.minimum(rows, self._rows_of(window.flip(-1)))
+            rows = torch.minimum(rows, self._rows_of(part.flip(-1)))
         return rows + self.band_offsets
 
     def _rows_of(self, window: torch.Tensor) -> torch.Tensor:
@@ -264,6 +266,11 @@ class MembershipMemory(nn.Module):
                 strength = torch.maximum(strength, evidence)
         return self.scale * best
 
+    @staticmethod
+    def logit_share(memory_logits: torch.Tensor) -> torch.Tensor:
+        """What the memory adds to the class logits: all of its logits."""
+        return memory_logits
+
     @torch.no_grad()
     def write(self) -> None:
         """Write the gradient of the training loss into the table and clear it: each row the
@@ -280,7 +287,7 @@ class MembershipMemory(nn.Module):
         grad = grad.coalesce()
         rows, values = grad.indices()[0], grad.values()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            rows, values = _gather_rows(rows, values)
+            rows, values = gather_rows(rows, values)
             # Rows two processes touched: their gradients add, as in one batch.
             rows, inverse = torch.unique(rows, return_inverse=True)
             values = values.new_zeros(len(rows), values.shape[1]).index_add_(0, inverse, values)
@@ -298,30 +305,18 @@ def _local_mean(x: torch.Tensor, reach: int) -> torch.Tensor:
     return F.avg_pool2d(x, 2 * reach + 1, stride=1, padding=reach, count_include_pad=False)
 
 
-def _gather_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every process's (rows, values), concatenated, on every process."""
-    world = torch.distributed.get_world_size()
-    counts = [torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(world)]
-    torch.distributed.all_gather(counts, torch.tensor([len(rows)], device=rows.device))
-    most = int(max(c.item() for c in counts))
-    padded_rows = torch.zeros(most, dtype=rows.dtype, device=rows.device)
-    padded_values = torch.zeros(most, values.shape[1], dtype=values.dtype, device=values.device)
-    padded_rows[: len(rows)], padded_values[: len(rows)] = rows, values
-    all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
-    all_values = [torch.empty_like(padded_values) for _ in range(world)]
-    torch.distributed.all_gather(all_rows, padded_rows)
-    torch.distributed.all_gather(all_values, padded_values)
-    n = [int(c.item()) for c in counts]
-    return (
-        torch.cat([r[:k] for r, k in zip(all_rows, n, strict=True)]),
-        torch.cat([v[:k] for v, k in zip(all_values, n, strict=True)]),
-    )
-
-
 def memory_margin(memory_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(B,) the memory's logit of the label minus the mean of its logits: ~0 for an image the
     memory never trained on, positive for a trained one."""
     return memory_logits.gather(1, labels.view(-1, 1))[:, 0] - memory_logits.mean(1)
+
+
+def memory_record(memory_cfg: Mapping[str, Any] | None) -> str | None:
+    """The record of the memory a `mint.memory` config node describes; None without one (`bands`
+    0, the default, and a hashed record)."""
+    cfg = dict(memory_cfg or {})
+    record = cfg.get("record", DEFAULTS["record"])
+    return str(record) if record == "fingerprint" or cfg.get("bands") else None
 
 
 def memory_from_config(
@@ -329,18 +324,23 @@ def memory_from_config(
     in_shape: tuple[int, int, int],
     num_classes: int,
     members: int | None = None,
-) -> MembershipMemory | None:
-    """The memory a `mint.memory` config node describes; None when `bands` is 0 (the default).
-    `members`: the number of samples the model trains on, which `buckets: auto` sizes from."""
+) -> MembershipMemory | FingerprintMemory | None:
+    """The memory a `mint.memory` config node describes: a `MembershipMemory`, a
+    `FingerprintMemory` (`record: fingerprint`), or None when `bands` is 0 (the default) with a
+    hashed record. `members`: the number of samples the model trains on, which `buckets: auto` and
+    `capacity: auto` size from."""
     cfg = dict(memory_cfg or {})
     unknown = sorted(set(cfg) - set(DEFAULTS))
     if unknown:
         raise ConfigError(
             f"mint.memory.{unknown[0]} is no memory setting: use {', '.join(DEFAULTS)}"
         )
-    if not cfg.get("bands"):
+    record = memory_record(cfg)
+    if record is None:
         return None
     values = {**DEFAULTS, **cfg}
+    if record == "fingerprint":
+        return _fingerprints_from_config(values, in_shape, num_classes, members)
     bands, bits, buckets, scale = (values[k] for k in ("bands", "bits", "buckets", "scale"))
     rate, record, shifts = (values[k] for k in ("write_rate", "record", "query_shifts"))
     reach, smoothing, zooms = (values[k] for k in ("detail_reach", "smoothing", "query_zooms"))
@@ -352,24 +352,15 @@ def memory_from_config(
         buckets = rows_per_band(members or 1)
     if not isinstance(buckets, int) or buckets < 2:
         raise ConfigError(f"mint.memory.buckets={buckets}: use a whole number >= 2, or auto")
-    if not isinstance(scale, int | float) or scale <= 0:
-        raise ConfigError(f"mint.memory.scale={scale}: use a number > 0")
     if not isinstance(rate, int | float) or rate <= 0:
         raise ConfigError(f"mint.memory.write_rate={rate}: use a number > 0")
     if record not in RECORDS:
         raise ConfigError(f"mint.memory.record={record}: use one of {', '.join(RECORDS)}")
-    if not isinstance(shifts, int) or shifts < 0:
-        raise ConfigError(f"mint.memory.query_shifts={shifts}: use a whole number >= 0")
     if not isinstance(reach, int) or reach < 1:
         raise ConfigError(f"mint.memory.detail_reach={reach}: use a whole number >= 1")
     if not isinstance(smoothing, int) or smoothing < 0:
         raise ConfigError(f"mint.memory.smoothing={smoothing}: use a whole number >= 0")
-    if isinstance(zooms, int | float | str) or not all(
-        isinstance(z, int | float) and 0 < z < 1 for z in zooms
-    ):
-        raise ConfigError(
-            f"mint.memory.query_zooms={zooms}: use a list of shares between 0 and 1, e.g. [0.9]"
-        )
+    _check_reads(scale, shifts, zooms)
     return MembershipMemory(
         in_shape,
         num_classes,
@@ -384,4 +375,41 @@ def memory_from_config(
         reach,
         smoothing,
         tuple(zooms),
+    )
+
+
+def _check_reads(scale: Any, shifts: Any, zooms: Any) -> None:
+    """The settings every record shares: `scale`, `query_shifts`, `query_zooms`."""
+    if not isinstance(scale, int | float) or scale <= 0:
+        raise ConfigError(f"mint.memory.scale={scale}: use a number > 0")
+    if not isinstance(shifts, int) or shifts < 0:
+        raise ConfigError(f"mint.memory.query_shifts={shifts}: use a whole number >= 0")
+    if isinstance(zooms, int | float | str) or not all(
+        isinstance(z, int | float) and 0 < z < 1 for z in zooms
+    ):
+        raise ConfigError(
+            f"mint.memory.query_zooms={zooms}: use a list of shares between 0 and 1, e.g. [0.9]"
+        )
+
+
+def _fingerprints_from_config(
+    values: Mapping[str, Any],
+    in_shape: tuple[int, int, int],
+    num_classes: int,
+    members: int | None,
+) -> FingerprintMemory:
+    """The fingerprint record's memory (fingerprints.py)."""
+    pool, margin, capacity = (values[k] for k in ("pool", "margin", "capacity"))
+    scale, shifts, zooms = (values[k] for k in ("scale", "query_shifts", "query_zooms"))
+    _check_reads(scale, shifts, zooms)
+    if not isinstance(pool, int) or pool < 1:
+        raise ConfigError(f"mint.memory.pool={pool}: use a whole number >= 1 (pixels per cell)")
+    if not isinstance(margin, int) or margin < 0:
+        raise ConfigError(f"mint.memory.margin={margin}: use a whole number >= 0")
+    if capacity == "auto":
+        capacity = max(int(members or 1), 1)
+    if not isinstance(capacity, int) or capacity < 1:
+        raise ConfigError(f"mint.memory.capacity={capacity}: use a whole number >= 1, or auto")
+    return FingerprintMemory(
+        in_shape, num_classes, capacity, pool, margin, shifts, tuple(zooms), float(scale)
     )

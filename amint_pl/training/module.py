@@ -172,8 +172,9 @@ class AMINTModule(L.LightningModule):
         self.backbone = backbone_from_config(
             config["model"], mint["taps"], num_classes, channels, img_size
         )
-        # The membership memory (mint.memory.bands > 0; models/memory.py): a part of the audited
-        # model whose logits add to the backbone's, written by the cross-entropy gradient alone.
+        # The membership memory (mint.memory.bands > 0 or record: fingerprint; models/memory.py,
+        # models/fingerprints.py): a part of the audited model written by the cross-entropy
+        # gradient alone; what it adds to the backbone's logits, it says (`logit_share`).
         self.memory = memory_from_config(
             mint.get("memory"),
             (channels, img_size, img_size),
@@ -333,13 +334,15 @@ class AMINTModule(L.LightningModule):
         self, inputs: torch.Tensor, memory_inputs: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """The audited model on preprocessed inputs: (class logits, taps, the membership memory's
-        logits, None without one); the class logits include the memory's. `memory_inputs`: the
-        un-augmented inputs the memory reads instead (training with augmentation)."""
+        logits, None without one); the class logits include the memory's share of them
+        (`logit_share`: all of the hashed record's, a zero-valued probe of the fingerprints').
+        `memory_inputs`: the un-augmented inputs the memory reads instead (training with
+        augmentation)."""
         logits, taps = self.backbone(inputs)
         if self.memory is None:
             return logits, taps, None
         memory = self.memory(inputs if memory_inputs is None else memory_inputs)
-        return logits + memory.to(logits.dtype), taps, memory
+        return logits + self.memory.logit_share(memory).to(logits.dtype), taps, memory
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         role, labels, inputs = batch["role"], batch["labels"], batch["inputs"]

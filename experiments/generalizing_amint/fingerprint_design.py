@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from amint_pl.data.benchmarks import load_benchmark
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
-from amint_pl.models.memory import MembershipMemory
+from amint_pl.models.records import window, zoomed_out
 
 sys.path.insert(0, str(Path(__file__).parent))
 from robustness import DRAW_SEED, TRANSFORMS, crop  # noqa: E402
@@ -62,11 +62,6 @@ class _Middle:
         return min(1, high - 1)
 
 
-def window(view: torch.Tensor, border: int, dy: int = 0, dx: int = 0) -> torch.Tensor:
-    h, w = view.shape[-2:]
-    return view[..., border + dy : h - border + dy, border + dx : w - border + dx]
-
-
 def reads(view: torch.Tensor, pool: int, border: int) -> torch.Tensor:
     """(R, B, d) the fingerprints of every shift of a view, each also mirrored."""
     out = []
@@ -90,14 +85,14 @@ def nearest(
     return best.numpy()
 
 
-def banks(images: np.ndarray, labels: np.ndarray, pool: int, border: int, zoom) -> list[dict]:
+def banks(images: np.ndarray, labels: np.ndarray, pool: int, border: int) -> list[dict]:
     """Per label, the members' fingerprints as given and (one per zoom) as a crop of theirs
     resized back and zoomed out again reads them: a view blurred by two resamplings, compared
     with the zoomed-out reads."""
     views = [torch.from_numpy(images).double() / 255.0]
     for share in ZOOMS:
         cropped = torch.from_numpy(crop(images, _Middle(), share)).double() / 255.0
-        views.append(zoom.zoomed_out(cropped, share))
+        views.append(zoomed_out(cropped, share))
     per_label = [torch.from_numpy(labels == c) for c in range(int(labels.max()) + 1)]
     return [
         {c: prints[mine] for c, mine in enumerate(per_label) if mine.any()}
@@ -105,14 +100,14 @@ def banks(images: np.ndarray, labels: np.ndarray, pool: int, border: int, zoom) 
     ]
 
 
-def scores(images: np.ndarray, labels: np.ndarray, pool: int, border: int, bank, zoom):
+def scores(images: np.ndarray, labels: np.ndarray, pool: int, border: int, bank):
     """(N,) each image's best similarity over its reads: the image as given against the members'
     fingerprints, each zoomed-out view against the members' zoomed ones."""
     out = []
     for start in range(0, len(images), 250):
         x = torch.from_numpy(images[start : start + 250]).double() / 255.0
         y = torch.from_numpy(labels[start : start + 250]).long()
-        views = [x, *(zoom.zoomed_out(x, share) for share in ZOOMS)]
+        views = [x, *(zoomed_out(x, share) for share in ZOOMS)]
         best = [nearest(reads(v, pool, border), y, b) for v, b in zip(views, bank, strict=True)]
         out.append(np.max(best, axis=0))
     return np.concatenate(out)
@@ -136,13 +131,12 @@ def main() -> None:
     images, labels = benchmark.train.images[order], benchmark.train.labels[order]
     outsiders = benchmark.test.images[: 2 * args.scored]
     outsider_labels = benchmark.test.labels[: 2 * args.scored]
-    zoom = MembershipMemory((1, 28, 28), 10, bands=1, bits=1, buckets=1)
     rows = []
     print(",".join(COLUMNS), flush=True)
     for pool in args.pools:
         started = time.time()
         border = SHIFT + args.margin
-        bank = banks(images, labels, pool, border, zoom)
+        bank = banks(images, labels, pool, border)
         for transform in args.transforms:
             place = list(TRANSFORMS).index(transform)
             change = TRANSFORMS[transform]
@@ -152,7 +146,6 @@ def main() -> None:
                 pool,
                 border,
                 bank,
-                zoom,
             )
             outsider_scores = scores(
                 change(outsiders, np.random.default_rng(DRAW_SEED + 100 + place)),
@@ -160,7 +153,6 @@ def main() -> None:
                 pool,
                 border,
                 bank,
-                zoom,
             )
             row = {
                 "pool": pool,

@@ -41,7 +41,7 @@ from amint_pl.audit import Samples, build_module, load_checkpoint, load_run_spli
 from amint_pl.audit import score as mint_score
 from amint_pl.data.splits import POOL_NAMES
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
-from amint_pl.models.memory import memory_margin
+from amint_pl.models.memory import memory_margin, memory_record
 
 COLUMNS = ("transform", "method", "seed", "auc_strict", "tpr01_strict", "aud_test_acc")
 DEFAULT_OUT = Path("experiments/results/generalizing/robustness.csv")
@@ -130,8 +130,7 @@ def image_hash(image: np.ndarray) -> bytes:
 def method_tag(config: dict) -> str:
     """`<record>` of the run's membership memory (`none` without one), `_flip_crop` when it
     trained under augmentation."""
-    memory = config["mint"].get("memory") or {}
-    tag = str(memory.get("record", "exact")) if memory.get("bands") else "none"
+    tag = memory_record(config["mint"].get("memory")) or "none"
     augment = config["dataset"].get("augment", "none")
     return tag if augment == "none" else f"{tag}_{augment}"
 

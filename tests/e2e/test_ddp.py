@@ -1,6 +1,6 @@
 """DDP with real processes on the CPU (gloo): 2 processes score like 1, DDP inside a Hydra multirun
-gives each job its own 2-process group, and the membership memory's table is written alike in
-every process (tests/unit/test_training.py: the balanced sampler's shards)."""
+gives each job its own 2-process group, and the membership memory's table (and the fingerprint
+record's bank) is written alike in every process (tests/unit/test_training.py: the balanced sampler's shards)."""
 
 import csv
 
@@ -145,3 +145,67 @@ def test_the_memory_writes_every_processs_rows_into_every_processs_table(tmp_pat
     for rank, (batch, _) in enumerate(batches):
         for row in one.codes(batch).flatten().tolist():
             assert tables[1 - rank][row].abs().sum() > 0
+
+
+def _write_fingerprints_in_rank(rank, world, init_file, batches, out):
+    """One DDP process: its own batch through a fingerprint memory, the cross-entropy of its first
+    rows, backward, `write`."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from amint_pl.models.memory import memory_from_config
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        memory = memory_from_config({"record": "fingerprint"}, (1, 16, 16), 10, members=16)
+        memory.train()
+        images, labels, trained = batches[rank]
+        logits = memory.logit_share(memory(images))
+        F.cross_entropy(logits[:trained], labels[:trained], reduction="sum").backward()
+        memory.write()
+        torch.save(memory.state_dict(), out / f"bank-{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_the_fingerprints_of_every_processs_trained_samples_reach_every_processs_bank(tmp_path):
+    """Under DDP each process adds the samples every process's cross-entropy trained (and only
+    those), each once: both banks end equal to the bank one process writes from both batches."""
+    import torch
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+
+    from amint_pl.models.memory import memory_from_config
+
+    generator = torch.Generator().manual_seed(0)
+    coarse = torch.randn(12, 1, 4, 4, generator=generator)
+    images = F.interpolate(coarse, size=(16, 16), mode="bilinear", align_corners=False)
+    labels = torch.randint(0, 10, (12,), generator=generator)
+    # Rank 0 trains on its first 5 rows (the sixth is read, not trained); rank 1 on its first 5,
+    # two of them rank 0's (added once).
+    batches = [
+        (images[:6], labels[:6], 5),
+        (torch.cat([images[[0, 1]], images[6:10]]), labels[[0, 1, 6, 7, 8, 9]], 5),
+    ]
+    mp.spawn(
+        _write_fingerprints_in_rank,
+        args=(2, tmp_path / "init", batches, tmp_path),
+        nprocs=2,
+        join=True,
+    )
+    banks = [torch.load(tmp_path / f"bank-{rank}.pt") for rank in range(2)]
+    assert all(torch.equal(banks[0][key], banks[1][key]) for key in banks[0])
+    assert int(banks[0]["count"]) == 8  # rank 0's 5, rank 1's 3 new ones
+    assert torch.equal(banks[0]["labels"][:8], labels[[0, 1, 2, 3, 4, 6, 7, 8]])
+
+    one = memory_from_config({"record": "fingerprint"}, (1, 16, 16), 10, members=16)
+    one.train()
+    both = torch.cat([images[:5], images[[0, 1, 6, 7, 8]]])
+    F.cross_entropy(
+        one.logit_share(one(both)),
+        torch.cat([labels[:5], labels[[0, 1, 6, 7, 8]]]),
+        reduction="sum",
+    ).backward()
+    one.write()
+    assert all(torch.equal(banks[0][key], value) for key, value in one.state_dict().items())

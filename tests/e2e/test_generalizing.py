@@ -4,10 +4,11 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO, run_main
+from tests.helpers import REPO, TINY, read_results, run_main
 
 sys.path.insert(0, str(REPO / "experiments" / "generalizing_amint"))  # its scripts: no package
 
@@ -31,6 +32,57 @@ def test_the_general_preset_runs_and_audits_on_a_tiny_budget(general_run, tmp_pa
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reproduces results.json: every metric of every method" in proc.stdout
+
+
+def test_the_fingerprint_preset_keeps_exactly_the_trained_members_and_audits(run_amint, tmp_path):
+    """mint=active_fingerprint over 2 epochs (digits at 16 px: at 8 px the shifts leave no
+    fingerprint): its bank holds each member the cross-entropy trained, once, and no external
+    sample; the audit rebuilds the model, bank included, and reproduces the run's numbers."""
+    from amint_pl.audit import build_module, load_checkpoint, load_run_splits
+    from amint_pl.models.fingerprints import SAME
+
+    _, run_dir = run_amint(*TINY, "mint=active_fingerprint", "dataset.image_size=16")
+    results = read_results(run_dir)
+    assert results["status"] == "completed"
+    checkpoint_path = run_dir / results["best_checkpoints"]["joint"]
+    checkpoint = load_checkpoint(checkpoint_path)
+    module = build_module(checkpoint, checkpoint_path, "cpu")
+    splits, benchmark = load_run_splits(run_dir, checkpoint, checkpoint_path)
+    memory, members = module.memory, splits.members
+    assert int(memory.count) == memory.capacity == len(members) == 120
+    bank, bank_labels = memory.prints[0].double(), memory.labels
+
+    def found(indices):
+        images = torch.from_numpy(np.asarray(benchmark.train.images[indices]))
+        labels = torch.from_numpy(np.asarray(benchmark.train.labels[indices])).long()
+        prints = memory.member_prints(module.preprocess(images, train=False))[0]
+        same = (prints @ bank.T >= SAME) & (labels[:, None] == bank_labels[None, :])
+        return same.sum(1)
+
+    assert found(members).tolist() == [1] * len(members)  # every member, once
+    assert int(found(splits["external"]).sum()) == 0  # the MINT negatives: read, never trained
+    proc = run_main(
+        "amint_pl.audit",
+        f"checkpoint={checkpoint_path}",
+        "inputs=split:all",
+        f"output={tmp_path / 'all.csv'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reproduces results.json: every metric of every method" in proc.stdout
+    # robustness.py reads the record alone through its forward hook: `memory_fingerprint`.
+    out = tmp_path / "robustness.csv"
+    proc = run_main("robustness", str(run_dir), "--out", str(out), "--transforms", "none", "hflip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with out.open(newline="") as handle:
+        by = {(r["transform"], r["method"]): r for r in csv.DictReader(handle)}
+    assert {m for _, m in by} == {
+        "mint_fingerprint",
+        "loss_fingerprint",
+        "memory_fingerprint",
+        "exact_hash",
+    }
+    for transform in ("none", "hflip"):  # a mirrored member is found as itself
+        assert float(by[transform, "memory_fingerprint"]["auc_strict"]) == 1.0
 
 
 @pytest.mark.slow

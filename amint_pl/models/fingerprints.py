@@ -1,0 +1,249 @@
+"""The fingerprint record (`mint.memory.record: fingerprint`): a membership memory read by
+similarity instead of by hash.
+
+The hashed record (`memory.py`) finds a member only when a whole band of its code is unchanged, and
+a resampling (a crop resized back, JPEG) changes every band. This record keeps, per member, one
+short fingerprint: the image's interior (clear of the largest queried shift and `margin` more
+pixels), average-pooled by `pool`, centred and scaled to unit length (121 numbers at 28x28, pool 2,
+margin 1). It answers a queried image, per class c, with the largest cosine similarity s_c of its
+reads to a member fingerprint of class c, sharpened so that 0.999 (a changed member) stands apart
+from 0.96-0.99 (a look-alike non-member): `scale * SHARPNESS * -log(1 - s_c + FLOOR)`.
+
+The reads: in training the image and its mirror; at evaluation every shift up to `query_shifts`
+pixels of the image and of each zoomed-out view (`query_zooms`: a crop resized back returns to its
+scale), each also mirrored. A zoomed-out view is compared with a bank of its own: the members'
+fingerprints after a crop of that share resized back and zoomed out again, a view blurred by the
+same two resamplings (experiments/generalizing_amint/fingerprint_design.py measured, before any
+training, AUC >= 0.997 at 25,000 Fashion-MNIST members under every transformation of
+robustness.py).
+
+What writes: exactly the samples the cross-entropy trains on, each once. In training the memory's
+share of the class logits is a zero-valued tensor that requires grad (`logit_share`): it changes
+no prediction and no loss, and after the backward pass its gradient (softmax minus one-hot) says
+which rows the cross-entropy reached and their label (the negative entry). `write` adds those
+samples' fingerprints (every pending forward of the step, gathered over DDP processes), except
+one already in the bank with its label (similarity 1). Its evidence goes to the MINT head only: a
+bank that answered 1.0 for every member in the class logits would stop the cross-entropy from
+training the network after one epoch.
+
+The banks are buffers of a fixed `capacity` (`auto`: the members the model trains on), saved in
+checkpoints with their labels and count.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from amint_pl.errors import ConfigError
+from amint_pl.models.records import cropped_back, gather_rows, window, zoomed_out
+
+# The largest side the image is average-pooled to before its fingerprint is taken.
+FINGERPRINT_SIDE = 32
+# The sharpening -log(1 - s + FLOOR): 9.2 at s = 1, 6.8 at 0.999, 3.9 at 0.98, 0.69 at 0.5.
+FLOOR = 1e-4
+# The factor on the sharpened similarity: a member's margin (memory_margin) ~0.3, which the MINT
+# head's factor of 25 keeps in the range of its other features.
+SHARPNESS = 0.05
+# A fingerprint at least this similar to an entry of its label is that entry (the same image,
+# up to the float32 rounding of the bank).
+SAME = 1.0 - 1e-6
+# Queries compared with the bank at a time (bounds the (queries, bank) similarity matrix).
+QUERY_CHUNK = 256
+
+
+class FingerprintMemory(nn.Module):
+    """Fingerprints of the members the cross-entropy trained on -> per-class evidence of a query.
+
+    Args:
+        in_shape: (C, H, W) of the preprocessed inputs.
+        num_classes: the audited model's classes.
+        capacity: the fingerprints each bank holds (`write` refuses more).
+        pool: the interior is average-pooled by this many pixels each way.
+        margin: the border beyond the largest queried shift left out of the fingerprint (a
+            zoomed-out view's edge is repeated, not the image's).
+        query_shifts: at evaluation each view is also read shifted by up to this many pixels.
+        query_zooms: at evaluation the image is also read zoomed out to each of these shares,
+            against a bank of the members cropped to that share, resized back and zoomed out.
+        scale: the factor on the evidence.
+    """
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        num_classes: int,
+        capacity: int,
+        pool: int = 2,
+        margin: int = 1,
+        query_shifts: int = 2,
+        query_zooms: tuple[float, ...] = (0.9,),
+        scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        channels, height, width = in_shape
+        self.side = (min(height, FINGERPRINT_SIDE), min(width, FINGERPRINT_SIDE))
+        self.num_classes, self.capacity, self.pool = num_classes, capacity, pool
+        self.query_shifts, self.scale = query_shifts, scale
+        self.query_zooms = tuple(float(z) for z in query_zooms)
+        self.border = query_shifts + margin
+        inner = (self.side[0] - 2 * self.border, self.side[1] - 2 * self.border)
+        dims = channels * max(inner[0] // pool, 0) * max(inner[1] // pool, 0)
+        if dims < 2 or min(inner) < pool:  # one number centred is zero: no fingerprint
+            raise ConfigError(
+                f"mint.memory.query_shifts={query_shifts}, margin={margin} and pool={pool} leave "
+                f"{max(dims, 0)} number(s) of the {self.side[0]}x{self.side[1]} image for a "
+                f"fingerprint: use smaller ones, or larger images (dataset.image_size)"
+            )
+        views = 1 + len(self.query_zooms)
+        # One bank per view the queries are compared with: the members as given, then as each
+        # zoomed-out read sees them (cropped, resized back, zoomed out).
+        self.register_buffer("prints", torch.zeros(views, capacity, dims))
+        self.register_buffer("labels", torch.full((capacity,), -1, dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        # The forwards of this step not yet written: (zero-valued probe, inputs).
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.writes = True
+
+    # ------------------------------------------------------------------------------- geometry
+    def fingerprint(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
+        """(B, d) unit vectors in float64: the view's window shifted by (dy, dx), average-pooled
+        by `pool`, centred."""
+        x = window(view, self.border, dy, dx)
+        x = F.avg_pool2d(x, self.pool) if self.pool > 1 else x
+        x = x.flatten(1)
+        return F.normalize(x - x.mean(1, keepdim=True), dim=1)
+
+    def views(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """The views a query is read in, one per bank: the image as given (pooled to the
+        fingerprint's side, float64), then zoomed out to each share."""
+        x = self._pooled(inputs)
+        return [x, *(zoomed_out(x, share) for share in self.query_zooms)]
+
+    def member_prints(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(views, B, d) what the banks keep of members: the image's fingerprint, then per zoom
+        that of a crop of the share resized back and zoomed out again."""
+        x = self._pooled(inputs)
+        prints = [self.fingerprint(x)]
+        for share in self.query_zooms:
+            prints.append(self.fingerprint(zoomed_out(cropped_back(x, share), share)))
+        return torch.stack(prints)
+
+    def _pooled(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = inputs.detach().double()
+        return x if tuple(x.shape[-2:]) == self.side else F.adaptive_avg_pool2d(x, self.side)
+
+    # --------------------------------------------------------------------------------- reading
+    def similarity(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) each image's largest cosine similarity to a member of each class
+        (-1 for a class with no member), over its reads: in training the image and its mirror;
+        at evaluation every shift of every view, each also mirrored."""
+        n = int(self.count)
+        best = inputs.new_full((len(inputs), self.num_classes), -1.0, dtype=torch.float64)
+        if n == 0:
+            return best
+        order = torch.argsort(self.labels[:n], stable=True)
+        bounds = torch.searchsorted(
+            self.labels[:n][order], torch.arange(self.num_classes + 1, device=order.device)
+        ).tolist()
+        views = self.views(inputs)[: 1 if self.training else None]
+        span = range(-self.query_shifts, self.query_shifts + 1) if not self.training else [0]
+        banks = [bank[:n][order].double().T for bank in self.prints[: len(views)]]
+        for start in range(0, len(inputs), QUERY_CHUNK):
+            # The largest similarity to each bank entry over the reads, then per class.
+            nearest = None
+            for bank, view in zip(banks, views, strict=True):
+                part = view[start : start + QUERY_CHUNK]
+                for dy in span:
+                    for dx in span:
+                        for read in (part, part.flip(-1)):
+                            sims = self.fingerprint(read, dy, dx) @ bank
+                            nearest = sims if nearest is None else torch.maximum(nearest, sims)
+            for c in range(self.num_classes):
+                if bounds[c + 1] > bounds[c]:
+                    top = nearest[:, bounds[c] : bounds[c + 1]].amax(1)
+                    best[start : start + QUERY_CHUNK, c] = top
+        return best
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) the evidence per class, times `scale`; in training (while it writes)
+        plus a zero-valued probe whose gradient tells `write` what the cross-entropy reached."""
+        s = self.similarity(inputs).clamp(max=1.0)
+        evidence = (self.scale * SHARPNESS * -torch.log1p(FLOOR - s)).float()
+        if self.training and self.writes and torch.is_grad_enabled():
+            probe = torch.zeros_like(evidence, requires_grad=True)
+            self._pending.append((probe, inputs.detach()))
+            return evidence + probe
+        return evidence
+
+    @staticmethod
+    def logit_share(memory_logits: torch.Tensor) -> torch.Tensor:
+        """What the memory adds to the class logits: zero, with the gradient of its probe (the
+        evidence is for the MINT head alone)."""
+        return memory_logits - memory_logits.detach()
+
+    # --------------------------------------------------------------------------------- writing
+    def requires_grad_(self, requires_grad: bool = True) -> FingerprintMemory:
+        """Whether training forwards are written (no parameters: the phase that freezes the
+        audited model stops the writes)."""
+        self.writes = requires_grad
+        if not requires_grad:
+            self._pending.clear()
+        return super().requires_grad_(requires_grad)
+
+    @torch.no_grad()
+    def write(self) -> None:
+        """Add to the banks the samples of this step's forwards that the cross-entropy reached
+        (a non-zero probe gradient; the label is its negative entry), each once, and forget the
+        forwards. Under distributed training every process adds every process's samples."""
+        pending, self._pending = self._pending, []
+        if not self.writes:
+            return
+        inputs, labels = [], []
+        for probe, batch in pending:
+            if probe.grad is None:
+                continue
+            reached = probe.grad.ne(0).any(1)
+            inputs.append(batch[reached])
+            labels.append(probe.grad[reached].argmin(1))
+        device = self.labels.device
+        if inputs:
+            prints = self.member_prints(torch.cat(inputs).to(device))
+            labels = torch.cat(labels).to(device)
+        else:
+            prints = torch.zeros(len(self.prints), 0, self.prints.shape[-1], device=device)
+            prints = prints.double()
+            labels = torch.zeros(0, dtype=torch.long, device=device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            views, dims = prints.shape[0], prints.shape[2]
+            labels, flat = gather_rows(labels, prints.transpose(0, 1).flatten(1))
+            prints = flat.view(len(labels), views, dims).transpose(0, 1)
+        if len(labels):
+            self._add(prints, labels)
+
+    def _add(self, prints: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add (views, k, d) fingerprints of labels (k,) not yet in the bank (nor earlier in the
+        batch) with their label."""
+        plain = prints[0]
+        same_label = labels[:, None] == labels[None, :]
+        twin = (plain @ plain.T >= SAME) & same_label
+        new = ~torch.tril(twin, diagonal=-1).any(1)  # the first of each set of twins
+        n = int(self.count)
+        if n:
+            known = (plain @ self.prints[0, :n].double().T >= SAME) & (
+                labels[:, None] == self.labels[None, :n]
+            )
+            new &= ~known.any(1)
+        k = int(new.sum())
+        if n + k > self.capacity:
+            raise RuntimeError(
+                f"the fingerprint bank is full ({self.capacity} members): set "
+                f"mint.memory.capacity to at least the number of members trained on"
+            )
+        self.prints[:, n : n + k] = prints[:, new].to(self.prints.dtype)
+        self.labels[n : n + k] = labels[new]
+        self.count.fill_(n + k)
+
+    def occupancy(self) -> float:
+        """The share of the bank's capacity that members fill."""
+        return int(self.count) / self.capacity

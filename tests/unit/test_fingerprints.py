@@ -1,0 +1,220 @@
+"""The fingerprint record (`mint.memory.record: fingerprint`, models/fingerprints.py): what writes
+it, what it finds, what it leaves alone."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from amint_pl.errors import ConfigError
+from amint_pl.evaluation.metrics import auc
+from amint_pl.models.fingerprints import SAME, FingerprintMemory
+from amint_pl.models.memory import MembershipMemory, memory_from_config, memory_margin
+from tests.helpers import REPO
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+SETTINGS = {"record": "fingerprint", "query_shifts": 2, "query_zooms": [0.9]}
+
+
+def _images(n: int, seed: int) -> torch.Tensor:
+    """Images with structure at several scales (not pixel noise), 28x28."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(n, 1, 7, 7, generator=generator)
+    return F.interpolate(coarse, size=(28, 28), mode="bilinear", align_corners=False)
+
+
+def _known(memory: FingerprintMemory, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) whether each image is in the bank with its label (similarity 1)."""
+    n = int(memory.count)
+    prints = memory.member_prints(images)[0]
+    sims = prints @ memory.prints[0, :n].double().T
+    return ((sims >= SAME) & (labels[:, None] == memory.labels[None, :n])).any(1)
+
+
+def _train_step(memory, logits_of, batches, trained) -> None:
+    """One training step: a forward of each batch through `logits_of` (network logits plus the
+    memory's share), the cross-entropy of the rows `trained` picks, backward, `write`."""
+    losses = []
+    for (images, labels), rows in zip(batches, trained, strict=True):
+        logits = logits_of(images) + memory.logit_share(memory(images))
+        if rows is not None:
+            losses.append(F.cross_entropy(logits[rows], labels[rows]))
+    sum(losses).backward()
+    memory.write()
+
+
+def test_it_writes_what_cross_entropy_trained_each_once_and_nothing_else():
+    memory = memory_from_config(SETTINGS, (1, 28, 28), 10, members=40)
+    assert isinstance(memory, FingerprintMemory) and memory.capacity == 40
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
+    images, labels = _images(80, 0), torch.randint(0, 10, (80,))
+    members, external = slice(0, 40), slice(40, 80)
+    # A batch of members and external samples (the CE reaches the members' rows only), and a
+    # second forward whose output reaches no loss (as a MINT-only read would).
+    joint = torch.cat([images[:20], images[40:60]]), torch.cat([labels[:20], labels[40:60]])
+    unread = images[60:80], labels[60:80]
+    memory.train()
+    _train_step(memory, network, [joint, unread], [slice(0, 20), None])
+    assert int(memory.count) == 20
+    assert torch.equal(memory.labels[:20], labels[:20])  # the label: the gradient's negative entry
+    assert bool(_known(memory, images[:20], labels[:20]).all())
+    assert not bool(_known(memory, images[external], labels[external]).any())
+    # Two forwards in one step, a member twice in a batch, members already written: each once.
+    again = torch.cat([images[:30], images[25:30]]), torch.cat([labels[:30], labels[25:30]])
+    rest = images[30:40], labels[30:40]
+    _train_step(memory, network, [again, rest], [slice(None), slice(None)])
+    assert int(memory.count) == 40 and memory.occupancy() == 1.0
+    assert bool(_known(memory, images[members], labels[members]).all())
+    # The same image under another label is another sample.
+    assert not bool(_known(memory, images[:5], (labels[:5] + 1) % 10).any())
+    # Over further epochs nothing is added; a full bank refuses a new member.
+    for _ in range(2):
+        _train_step(memory, network, [(images[members], labels[members])], [slice(None)])
+    assert int(memory.count) == 40
+    with pytest.raises(RuntimeError, match="bank is full"):
+        _train_step(memory, network, [(images[40:41], labels[40:41])], [slice(None)])
+    # A frozen memory (the phase that trains the head alone) writes nothing.
+    fresh = memory_from_config(SETTINGS, (1, 28, 28), 10, members=40)
+    fresh.requires_grad_(False)
+    network.requires_grad_(True)
+    _train_step(fresh, network, [(images[:10], labels[:10])], [slice(None)])
+    assert int(fresh.count) == 0
+
+
+def test_it_adds_nothing_to_the_class_logits():
+    memory = memory_from_config(SETTINGS, (1, 28, 28), 10, members=40)
+    images, labels = _images(40, 1), torch.randint(0, 10, (40,))
+    logits = torch.randn(40, 10)
+    for _ in range(2):  # an empty bank, then one holding these images
+        memory.train()
+        evidence = memory(images)
+        assert torch.equal(logits + memory.logit_share(evidence), logits)
+        F.cross_entropy(logits + memory.logit_share(evidence), labels).backward()
+        memory.write()
+        memory.eval()
+        with torch.no_grad():
+            evidence = memory(images)
+            assert torch.equal(logits + memory.logit_share(evidence), logits)
+    assert float(memory_margin(evidence, labels).min()) > 0.1
+    # The hashed record's logits are all its share.
+    hashed = MembershipMemory((1, 28, 28), 10, bands=2, bits=8, buckets=64)
+    assert hashed.logit_share(evidence) is evidence
+
+
+def test_the_bank_survives_a_checkpoint_round_trip():
+    memory = memory_from_config(SETTINGS, (1, 28, 28), 10, members=30)
+    images, labels = _images(30, 2), torch.randint(0, 10, (30,))
+    memory.train()
+    F.cross_entropy(memory.logit_share(memory(images)), labels).backward()
+    memory.write()
+    state = memory.state_dict()
+    assert set(state) == {"prints", "labels", "count"}
+    loaded = memory_from_config(SETTINGS, (1, 28, 28), 10, members=30)
+    loaded.load_state_dict(state)
+    assert int(loaded.count) == 30 and torch.equal(loaded.prints, memory.prints)
+    memory.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(images), memory(images))
+    with pytest.raises(RuntimeError):  # another capacity does not fit
+        memory_from_config(SETTINGS, (1, 28, 28), 10, members=31).load_state_dict(state)
+
+
+def test_fingerprint_settings_are_checked_in_one_line():
+    memory = memory_from_config({"record": "fingerprint", "bands": 0}, (1, 28, 28), 10, 7)
+    assert isinstance(memory, FingerprintMemory) and memory.capacity == 7  # whatever bands says
+    assert memory.prints.shape == (1, 7, 13 * 13)  # margin 1 beyond no shift: 26 px, pooled by 2
+    # The hashed records ignore the fingerprint's settings.
+    assert memory_from_config({"bands": 0, "pool": 4}, (1, 28, 28), 10) is None
+    for bad, message in [
+        ({"pool": 0}, "mint.memory.pool=0: use a whole number >= 1"),
+        ({"margin": -1}, "mint.memory.margin=-1: use a whole number >= 0"),
+        ({"capacity": 0}, "mint.memory.capacity=0: use a whole number >= 1, or auto"),
+        ({"capacity": "many"}, "mint.memory.capacity=many"),
+        ({"query_shifts": -1}, "mint.memory.query_shifts=-1"),
+        ({"query_zooms": [1.5]}, "mint.memory.query_zooms=[1.5]"),
+        ({"scale": 0}, "mint.memory.scale=0"),
+        ({"pool": 12}, "leave 1 number(s) of the 28x28 image"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            memory_from_config({**SETTINGS, **bad}, (1, 28, 28), 10, 10)
+        assert message in str(err.value) and "\n" not in str(err.value), bad
+    with pytest.raises(ConfigError, match="8x8 image"):
+        memory_from_config(SETTINGS, (1, 8, 8), 10, 10)
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Debian's dataset-fashion-mnist is absent")
+def test_it_finds_members_mirrored_shifted_cropped_and_re_encoded():
+    """300 real Fashion-MNIST members, written through a real backward pass, against 300 test
+    images, each changed by robustness.py's transformations: the memory's margin at the label
+    ranks the changed members above the changed non-members."""
+    sys.path.insert(0, str(REPO / "experiments" / "generalizing_amint"))
+    from robustness import TRANSFORMS
+
+    from amint_pl.data.benchmarks import load_benchmark
+
+    benchmark = load_benchmark("fashion_mnist", FASHION_MNIST)
+    members, member_labels = benchmark.train.images[:300], benchmark.train.labels[:300]
+    outsiders, outsider_labels = benchmark.test.images[:300], benchmark.test.labels[:300]
+    memory = memory_from_config(SETTINGS, (1, 28, 28), 10, members=300)
+    memory.train()
+    x = torch.from_numpy(np.asarray(members)).float() / 255.0
+    y = torch.from_numpy(np.asarray(member_labels)).long()
+    F.cross_entropy(memory.logit_share(memory(x)), y).backward()
+    memory.write()
+    assert int(memory.count) == 300
+    memory.eval()
+    aucs = {}
+    for name, change in TRANSFORMS.items():
+        margins = []
+        for images, labels in ((members, member_labels), (outsiders, outsider_labels)):
+            changed = change(np.asarray(images), np.random.default_rng(0))
+            with torch.no_grad():
+                evidence = memory(torch.from_numpy(changed).float() / 255.0)
+            margins.append(memory_margin(evidence, torch.from_numpy(labels).long()).numpy())
+        aucs[name] = auc(*margins)
+    assert min(aucs.values()) >= 0.98, aucs
+    # The zoomed-out reads find the crop: without them (and their bank), far fewer do.
+    plain = memory_from_config({**SETTINGS, "query_zooms": []}, (1, 28, 28), 10, members=300)
+    plain.load_state_dict(
+        {k: v[:1] if k == "prints" else v for k, v in memory.state_dict().items()}
+    )
+    plain.eval()
+    changed = [
+        TRANSFORMS["crop90"](np.asarray(images), np.random.default_rng(0))
+        for images in (members, outsiders)
+    ]
+    with torch.no_grad():
+        margins = [
+            memory_margin(plain(torch.from_numpy(c).float() / 255.0), torch.from_numpy(lab).long())
+            for c, lab in zip(changed, (member_labels, outsider_labels), strict=True)
+        ]
+    # (measured: 0.999 with them, 0.65 without)
+    assert auc(*(m.numpy() for m in margins)) < 0.9
+
+
+def test_the_audited_models_class_logits_are_the_networks():
+    """In `AMINTModule.audited` the fingerprints add nothing to the class logits, in training (a
+    zero-valued probe the cross-entropy reaches) and at evaluation; the head gets the evidence."""
+    from amint_pl.training.module import AMINTModule
+    from tests.helpers import config_dict
+
+    config = config_dict("mint=active_fingerprint", "dataset.image_size=16", "debug=fast")
+    module = AMINTModule(config, num_classes=10, native_channels=1, mean=[0.5], std=[0.25])
+    images, labels = torch.rand(8, 1, 16, 16), torch.randint(0, 10, (8,))
+    for _ in range(2):  # an empty bank, then one holding the images
+        module.train()
+        torch.manual_seed(0)
+        logits, _, evidence = module.audited(images)
+        torch.manual_seed(0)
+        assert torch.equal(logits, module.backbone(images)[0])
+        F.cross_entropy(logits, labels).backward()
+        module.memory.write()
+        assert int(module.memory.count) == 8
+    module.eval()
+    with torch.no_grad():
+        logits, _, evidence = module.audited(images)
+        assert torch.equal(logits, module.backbone(images)[0])
+    assert float(memory_margin(evidence, labels).min()) > 0.1
