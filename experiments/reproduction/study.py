@@ -171,9 +171,16 @@ def record(row: Row, run_dir: Path, wall_s: float) -> dict:
     }
 
 
+def completed(run_dir: Path) -> bool:
+    """Whether the run in run_dir finished (an interrupted or failed one writes results.json too,
+    with its status)."""
+    path = run_dir / "results.json"
+    return path.exists() and json.loads(path.read_text()).get("status") == "completed"
+
+
 def run_row(row: Row, out: Path, csv_path: Path, extra: list[str]) -> str:
     run_dir = out / row.name
-    if run_dir.exists() and not (run_dir / "results.json").exists():
+    if run_dir.exists() and not completed(run_dir):
         # An interrupted attempt: its own last checkpoint resumes it.
         extra = [*extra, "ckpt_path=last"]
     cmd = [
@@ -189,7 +196,7 @@ def run_row(row: Row, out: Path, csv_path: Path, extra: list[str]) -> str:
     with (out / f"{row.name}.log").open("a") as log:
         proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - start
-    if proc.returncode != 0 or not (run_dir / "results.json").exists():
+    if proc.returncode != 0 or not completed(run_dir):
         return f"{row.name}: failed (exit {proc.returncode}), see {out / (row.name + '.log')}"
     line = record(row, run_dir, wall)
     with CSV_LOCK:
