@@ -3,7 +3,9 @@ run's status file.
 
 `ProgressReport` logs, on the global rank 0, one line at the end of every training epoch and one
 every `interval_s` seconds within an epoch: phase, epoch n/N, step, samples/s, elapsed time and
-ETA of the phase, the training loss, and (at the epoch's end) the calibration metrics. The lines go
+ETA of the phase, the training loss, and (at the epoch's end) the calibration metrics. While the
+trainer scores every role for the evaluation (`predict`) it logs a line every `interval_s` seconds
+and one at the end: batches done, samples/s, elapsed time and ETA. The lines go
 to the `amint_pl.progress` logger (Hydra sends it to run.log and to the console; on a terminal
 amint_pl.run keeps it off the console, where Rich draws its bar). Each line also rewrites
 status.json when a `RunStatus` is given.
@@ -35,6 +37,11 @@ def _shown_metrics(metrics: Mapping[str, Any], epoch_end: bool) -> dict[str, flo
     return shown
 
 
+def _batch_size(batch: Any) -> int:
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    return len(labels) if labels is not None else 0
+
+
 class ProgressReport(Callback):
     """Plain progress lines (and status.json) while a trainer fits.
 
@@ -62,13 +69,51 @@ class ProgressReport(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        labels = batch.get("labels") if isinstance(batch, Mapping) else None
-        self.samples += (len(labels) if labels is not None else 0) * trainer.world_size
+        self.samples += _batch_size(batch) * trainer.world_size
         if time.monotonic() - self.last_line >= self.interval_s:
             self._report(trainer, batch_idx + 1, epoch_end=False)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._report(trainer, int(trainer.num_training_batches), epoch_end=True)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = self.last_line = time.monotonic()
+        self.samples = self.batches = self.reported = 0
+
+    def on_predict_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self.batches += 1
+        self.samples += _batch_size(batch) * trainer.world_size
+        if time.monotonic() - self.last_line >= self.interval_s:
+            self._report_scoring(trainer)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.reported != self.batches:  # the last batch has its line
+            self._report_scoring(trainer)
+
+    def _report_scoring(self, trainer: L.Trainer) -> None:
+        now = time.monotonic()
+        self.last_line, self.reported = now, self.batches
+        if not trainer.is_global_zero:
+            return
+        total = int(sum(trainer.num_predict_batches))
+        elapsed = now - self.started
+        remaining = max(total - self.batches, 0)
+        eta = elapsed / self.batches * remaining if self.batches else None
+        log.info(
+            f"scoring every role: batch {self.batches}/{total} "
+            f"| {self.samples / elapsed if elapsed > 0 else 0:.0f} samples/s "
+            f"| elapsed {duration(elapsed)} ETA {duration(eta)}"
+        )
+        if self.status is not None:  # keeps a long evaluation from looking stale
+            self.status.update(eta_s=None if eta is None else round(eta, 1))
 
     def _report(self, trainer: L.Trainer, batches_done: int, epoch_end: bool) -> None:
         now = time.monotonic()

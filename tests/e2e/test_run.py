@@ -132,6 +132,10 @@ def test_the_defaults_learn_digits_and_a_run_writing_to_a_file_tells_its_story(
             assert re.search(r"val/paper/mint_auc [\d.]+", line)
         within = re.findall(rf"joint epoch \d/{EPOCHS} step (\d+)/(\d+) ", text)
         assert any(int(done) < int(per_epoch) for done, per_epoch in within)
+        # Scoring every role for the evaluation says how far it is, batch by batch, to the end.
+        scoring = re.findall(r"scoring every role: batch (\d+)/(\d+) \| \d+ samples/s", text)
+        total = int(scoring[-1][1])
+        assert total > 1 and scoring == [(str(n), str(total)) for n in range(1, total + 1)]
     # Lightning's Rich bar draws only on a terminal: nothing of it in the file.
     assert "━" not in output.split("results:")[0]
     # The story: config choices, data and split sizes, the table, where the files are.
