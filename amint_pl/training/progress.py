@@ -81,13 +81,7 @@ class ProgressReport(Callback):
         self.samples = self.batches = self.reported = 0
 
     def on_predict_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: int
     ) -> None:
         self.batches += 1
         self.samples += _batch_size(batch) * trainer.world_size

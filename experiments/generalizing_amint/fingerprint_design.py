@@ -22,22 +22,19 @@ same seeded draws as record_design.py). Printed and written (--out, CSV): AUC an
 
 from __future__ import annotations
 
-import argparse
-import csv
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amint_pl.data.benchmarks import load_benchmark
-from amint_pl.evaluation.metrics import auc, tpr_at_fpr
 from amint_pl.models.records import window, zoomed_out
 
 sys.path.insert(0, str(Path(__file__).parent))
-from robustness import DRAW_SEED, TRANSFORMS, crop  # noqa: E402
+from robustness import crop, design_data, design_parser, design_rows, save_design  # noqa: E402
 
 COLUMNS = ("pool", "border", "transform", "members", "scored", "auc", "tpr1", "tpr01")
 # The reads: shifts up to SHIFT pixels of the image and of each zoomed-out view, mirrored too;
@@ -114,66 +111,20 @@ def scores(images: np.ndarray, labels: np.ndarray, pool: int, border: int, bank)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--members", type=int, default=25000)
-    parser.add_argument("--scored", type=int, default=1000, help="members scored (x2 non-members)")
+    parser = design_parser(__doc__)
     parser.add_argument("--pools", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--margin", type=int, default=1, help="border beyond the largest shift")
-    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=TRANSFORMS)
-    parser.add_argument("--root", default="data/fashion_mnist")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    benchmark = load_benchmark("fashion_mnist", args.root)
-    order = np.random.default_rng(0).permutation(len(benchmark.train))[: args.members]
-    images, labels = benchmark.train.images[order], benchmark.train.labels[order]
-    outsiders = benchmark.test.images[: 2 * args.scored]
-    outsider_labels = benchmark.test.labels[: 2 * args.scored]
-    rows = []
-    print(",".join(COLUMNS), flush=True)
+    args, data = design_data(parser, COLUMNS)
+    images, labels, rows = data[0], data[1], []
     for pool in args.pools:
         started = time.time()
         border = SHIFT + args.margin
         bank = banks(images, labels, pool, border)
-        for transform in args.transforms:
-            place = list(TRANSFORMS).index(transform)
-            change = TRANSFORMS[transform]
-            member_scores = scores(
-                change(images[: args.scored], np.random.default_rng(DRAW_SEED + place)),
-                labels[: args.scored],
-                pool,
-                border,
-                bank,
-            )
-            outsider_scores = scores(
-                change(outsiders, np.random.default_rng(DRAW_SEED + 100 + place)),
-                outsider_labels,
-                pool,
-                border,
-                bank,
-            )
-            row = {
-                "pool": pool,
-                "border": border,
-                "transform": transform,
-                "members": args.members,
-                "scored": f"{args.scored}/{2 * args.scored}",
-                "auc": round(auc(member_scores, outsider_scores), 4),
-                "tpr1": round(tpr_at_fpr(member_scores, outsider_scores, 0.01), 4),
-                "tpr01": round(tpr_at_fpr(member_scores, outsider_scores, 0.001), 4),
-            }
-            rows.append(row)
-            print(",".join(str(row[c]) for c in COLUMNS), flush=True)
+        score = partial(scores, pool=pool, border=border, bank=bank)
+        rows += design_rows(score, data, args, COLUMNS, pool=pool, border=border)
         print(f"# pool {pool}: {time.time() - started:.0f} s", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {args.out}")
+        save_design(args.out, rows, COLUMNS)
 
 
 if __name__ == "__main__":

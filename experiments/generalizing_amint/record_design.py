@@ -16,21 +16,18 @@ of robustness.py (seeded per transformation). Printed and written (--out, CSV): 
 
 from __future__ import annotations
 
-import argparse
-import csv
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from amint_pl.data.benchmarks import load_benchmark
-from amint_pl.evaluation.metrics import auc, tpr_at_fpr
 from amint_pl.models.memory import memory_from_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from robustness import DRAW_SEED, TRANSFORMS  # noqa: E402
+from robustness import design_data, design_parser, design_rows, save_design  # noqa: E402
 
 # The records compared: memory settings over the defaults (`mint=active_general` is `fine24`).
 RECORDS = {
@@ -74,62 +71,18 @@ def hits(memory, images: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> np
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--members", type=int, default=25000)
-    parser.add_argument("--scored", type=int, default=1000, help="members scored (x2 non-members)")
+    parser = design_parser(__doc__)
     parser.add_argument("--records", nargs="+", default=list(RECORDS), choices=RECORDS)
-    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=TRANSFORMS)
-    parser.add_argument("--root", default="data/fashion_mnist")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    benchmark = load_benchmark("fashion_mnist", args.root)
-    order = np.random.default_rng(0).permutation(len(benchmark.train))[: args.members]
-    images, labels = benchmark.train.images[order], benchmark.train.labels[order]
-    scored_members = slice(0, args.scored)
-    test = slice(0, 2 * args.scored)
-    outsiders, outsider_labels = benchmark.test.images[test], benchmark.test.labels[test]
-    rows = []
-    print(",".join(COLUMNS), flush=True)
+    args, data = design_data(parser, COLUMNS)
+    images, labels, rows = data[0], data[1], []
     for name in args.records:
         started = time.time()
         memory = memory_from_config(RECORDS[name], (1, 28, 28), 10, args.members)
         keys = written(memory, images, labels)
-        for transform in args.transforms:
-            place = list(TRANSFORMS).index(transform)
-            change = TRANSFORMS[transform]
-            member_scores = hits(
-                memory,
-                change(images[scored_members], np.random.default_rng(DRAW_SEED + place)),
-                labels[scored_members],
-                keys,
-            )
-            outsider_scores = hits(
-                memory,
-                change(outsiders, np.random.default_rng(DRAW_SEED + 100 + place)),
-                outsider_labels,
-                keys,
-            )
-            row = {
-                "record": name,
-                "transform": transform,
-                "members": args.members,
-                "scored": f"{args.scored}/{2 * args.scored}",
-                "auc": round(auc(member_scores, outsider_scores), 4),
-                "tpr1": round(tpr_at_fpr(member_scores, outsider_scores, 0.01), 4),
-            }
-            rows.append(row)
-            print(",".join(str(row[c]) for c in COLUMNS), flush=True)
+        rows += design_rows(partial(hits, memory, keys=keys), data, args, COLUMNS, record=name)
         print(f"# {name}: {time.time() - started:.0f} s", flush=True)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        print(f"wrote {args.out}")
+        save_design(args.out, rows, COLUMNS)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from PIL import Image
 
 from amint_pl.audit import Samples, build_module, load_checkpoint, load_run_splits, read_split
 from amint_pl.audit import score as mint_score
+from amint_pl.data.benchmarks import load_benchmark
 from amint_pl.data.splits import POOL_NAMES
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
 from amint_pl.models.memory import memory_margin, memory_record
@@ -187,6 +188,84 @@ def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
             out.append(row)
             print(",".join(str(row[c]) for c in COLUMNS), flush=True)
     return out
+
+
+def design_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of a script that measures a record before any training."""
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--members", type=int, default=25000)
+    parser.add_argument("--scored", type=int, default=1000, help="members scored (x2 non-members)")
+    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=TRANSFORMS)
+    parser.add_argument("--root", default="data/fashion_mnist")
+    parser.add_argument("--out", type=Path, default=None)
+    return parser
+
+
+def design_data(
+    parser: argparse.ArgumentParser, columns: tuple[str, ...]
+) -> tuple[argparse.Namespace, tuple[np.ndarray, ...]]:
+    """The parsed options, and (images, labels) of the members (the first --members of a seeded
+    permutation of Fashion-MNIST's train pool), then of the outsiders (its first 2 x --scored
+    test images); prints the rows' header."""
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    benchmark = load_benchmark("fashion_mnist", args.root)
+    order = np.random.default_rng(0).permutation(len(benchmark.train))[: args.members]
+    outsiders = slice(0, 2 * args.scored)
+    print(",".join(columns), flush=True)
+    return args, (
+        benchmark.train.images[order],
+        benchmark.train.labels[order],
+        benchmark.test.images[outsiders],
+        benchmark.test.labels[outsiders],
+    )
+
+
+def design_rows(
+    score: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    data: tuple[np.ndarray, ...],
+    args: argparse.Namespace,
+    columns: tuple[str, ...],
+    **fixed: object,
+) -> list[dict]:
+    """One row per transformation of --transforms for a record measured before any training:
+    `score(images, labels)` of the first --scored members and of the outsiders of `data`, each
+    changed by the transformation (every script draws the same changes: the members DRAW_SEED +
+    its place in TRANSFORMS, the outsiders 100 more), and its AUC and TPR at 1% and 0.1% FPR,
+    after the `fixed` values. Each row is printed (its `columns`) as it comes."""
+    images, labels, outsiders, outsider_labels = data
+    rows = []
+    for name in args.transforms:
+        place = list(TRANSFORMS).index(name)
+        change = TRANSFORMS[name]
+        members = change(images[: args.scored], np.random.default_rng(DRAW_SEED + place))
+        member_scores = score(members, labels[: args.scored])
+        changed = change(outsiders, np.random.default_rng(DRAW_SEED + 100 + place))
+        outsider_scores = score(changed, outsider_labels)
+        row = {
+            **fixed,
+            "transform": name,
+            "members": args.members,
+            "scored": f"{args.scored}/{2 * args.scored}",
+            "auc": round(auc(member_scores, outsider_scores), 4),
+            "tpr1": round(tpr_at_fpr(member_scores, outsider_scores, 0.01), 4),
+            "tpr01": round(tpr_at_fpr(member_scores, outsider_scores, 0.001), 4),
+        }
+        rows.append(row)
+        print(",".join(str(row[c]) for c in columns), flush=True)
+    return rows
+
+
+def save_design(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    """A design script's rows as a CSV of its `columns`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {path}")
 
 
 def write_rows(path: Path, rows: list[dict], append: bool) -> None:
