@@ -71,6 +71,7 @@ from amint_pl.data.splits import (
 )
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.models.backbones import backbone_from_config
+from amint_pl.models.fingerprints import FingerprintMemory
 from amint_pl.models.mint_head import mint_head_from_config
 from amint_pl.record import versions
 from amint_pl.training.losses import LossWeighting
@@ -339,13 +340,37 @@ class StepClock(L.Callback):
             self.last_loss = float(outputs["loss"])
 
 
+def memory_size(memory: torch.nn.Module | None) -> int:
+    """The numbers a membership memory keeps: the hashed record's table (parameters), the
+    fingerprint record's banks (buffers, sized for its capacity)."""
+    if memory is None:
+        return 0
+    return (
+        memory.prints.numel()
+        if isinstance(memory, FingerprintMemory)
+        else memory.table.weight.numel()
+    )
+
+
+def fill_bank(memory: FingerprintMemory, members: int, seed: int) -> None:
+    """Fill a fingerprint bank with `members` random fingerprints (random labels): the bank a run
+    reads once those members are written (written straight into its buffers: random unit vectors
+    have no twins to look for)."""
+    generator = torch.Generator().manual_seed(seed)
+    views, _, dims = memory.prints.shape
+    prints = torch.randn(views, members, dims, generator=generator)
+    memory.prints[:, :members] = F.normalize(prints - prints.mean(2, keepdim=True), dim=2)
+    memory.labels[:members] = torch.randint(memory.num_classes, (members,), generator=generator)
+    memory.count.fill_(members)
+
+
 def parameter_count(cfg: dict[str, Any], benchmark: Benchmark) -> dict[str, int]:
-    """The parameters of a config's model: the audited model's (the membership memory's table
-    apart) and the MINT head's."""
+    """The parameters of a config's model: the audited model's (the membership memory apart),
+    the memory's numbers (`memory_size`) and the MINT head's."""
     module = AMINTModule(
         cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
     )
-    memory = 0 if module.memory is None else module.memory.table.weight.numel()
+    memory = memory_size(module.memory)
     head = 0 if module.mint_head is None else sum(p.numel() for p in module.mint_head.parameters())
     network = sum(p.numel() for p in module.backbone.parameters())
     return {"network": network, "memory": memory, "mint_head": head}
@@ -356,8 +381,10 @@ def lightning_run(
     cfg: dict[str, Any],
     data: tuple[Benchmark, MembershipSplits],
     device: torch.device,
+    bank: int = 0,
 ) -> Run:
-    """AMINTModule + MembershipDataModule fitted by a real L.Trainer for `settings.steps` steps."""
+    """AMINTModule + MembershipDataModule fitted by a real L.Trainer for `settings.steps` steps.
+    `bank`: with the fingerprint record, its bank holds that many other members from the start."""
     benchmark, splits = data
     torch.manual_seed(settings.seed)
     clock = StepClock(settings.warmup, device)
@@ -366,6 +393,8 @@ def lightning_run(
         module = AMINTModule(
             cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
         )
+        if bank:
+            fill_bank(module.memory, bank, settings.seed)
         datamodule = MembershipDataModule(
             benchmark,
             splits,
@@ -525,18 +554,28 @@ def bench_model(settings: Settings, model: str, device: torch.device) -> dict[st
     data = data_for(settings.members, settings.seed)
     active, off = run_config(settings, model, "active"), run_config(settings, model, "off")
     # The membership memory (mint=active_general): its table sized for the bench's members and
-    # for the paper's 25,000 (the same batches: what a larger table costs a step).
+    # for the paper's 25,000 (the same batches: what a larger table costs a step). The fingerprint
+    # record (mint=active_fingerprint) reads every member written so far: its bank holding the
+    # bench's members, and at 25,000 every other member of the paper's split too (as from its
+    # second epoch).
     general = {
         "general": run_config(settings, model, "active_general"),
         "general_25k": run_config(settings, model, "active_general", members=MEMORY_MEMBERS),
+        "fingerprint": run_config(settings, model, "active_fingerprint"),
+        "fingerprint_25k": run_config(
+            settings, model, "active_fingerprint", members=MEMORY_MEMBERS
+        ),
     }
+    banks = {"fingerprint_25k": MEMORY_MEMBERS - settings.members}
     # Lightning active in the middle: next to both of its references in every repeat.
     variants: dict[str, Callable[[], Run]] = {
         "raw_active": lambda: raw_run(settings, active, data, device),
         "lightning_active": lambda: lightning_run(settings, active, data, device),
         "lightning_off": lambda: lightning_run(settings, off, data, device),
         **{
-            f"lightning_{name}": lambda c=cfg: lightning_run(settings, c, data, device)
+            f"lightning_{name}": lambda c=cfg, n=name: lightning_run(
+                settings, c, data, device, banks.get(n, 0)
+            )
             for name, cfg in general.items()
         },
     }
@@ -579,7 +618,12 @@ def bench_model(settings: Settings, model: str, device: torch.device) -> dict[st
             name: parameter_count(cfg, data[0])
             for name, cfg in {"active": active, **general}.items()
         },
-        "members": {"general": settings.members, "general_25k": MEMORY_MEMBERS},
+        "members": {
+            "general": settings.members,
+            "general_25k": MEMORY_MEMBERS,
+            "fingerprint": settings.members,
+            "fingerprint_25k": MEMORY_MEMBERS,
+        },
         **{
             name: {
                 "on": summary(runs[f"lightning_{name}"]),
@@ -887,10 +931,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {b['cpu_time_ratio']:.2f} | - |"
         )
         mem = r["memory"]
-        for name in ("general", "general_25k"):
+        for name in ("general", "general_25k", "fingerprint", "fingerprint_25k"):
             n = mem["parameters"][name]
+            preset, kept = (
+                name.split("_")[0],
+                "parameters" if name.startswith("general") else "numbers",
+            )
             lines.append(
-                f"| (b) {model}: mint=active_general (memory {n['memory'] / 1e6:.1f}M parameters, "
+                f"| (b) {model}: mint=active_{preset} (memory {n['memory'] / 1e6:.1f}M {kept}, "
                 f"sized for {mem['members'][name]} members) vs mint=active, samples/s "
                 f"| {_fmt(mem[name]['on']['samples_per_s'])} | {_fmt(a['lightning']['samples_per_s'])} "
                 f"| {mem[name]['ratio']:.2f} | {mem[name]['cpu_time_ratio']:.2f} | - |"

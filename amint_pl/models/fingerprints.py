@@ -224,9 +224,9 @@ class FingerprintMemory(nn.Module):
             labels, flat = gather_rows(labels, prints.transpose(0, 1).flatten(1))
             prints = flat.view(len(labels), views, dims).transpose(0, 1)
         if len(labels):
-            self._add(prints, labels)
+            self.add(prints, labels)
 
-    def _add(self, prints: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, prints: torch.Tensor, labels: torch.Tensor) -> None:
         """Add (views, k, d) fingerprints of labels (k,) not yet in the bank (nor earlier in the
         batch) with their label."""
         plain = prints[0]

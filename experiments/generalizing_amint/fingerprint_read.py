@@ -60,7 +60,7 @@ def main() -> None:
     for start in range(0, args.members, WRITE_CHUNK):
         part = as_inputs(images[start : start + WRITE_CHUNK])
         part_labels = torch.from_numpy(labels[start : start + WRITE_CHUNK])
-        memory._add(memory.member_prints(part), part_labels)
+        memory.add(memory.member_prints(part), part_labels)
     memory.eval()
     half = args.queries // 2
     queries = torch.cat([as_inputs(images[:half]), as_inputs(benchmark.test.images[:half])])

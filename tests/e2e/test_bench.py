@@ -53,15 +53,19 @@ def test_quick_bench_reports_every_ratio(quick_bench):
     _ratio(model["active_vs_off"]["ratio"])
     _ratio(model["active_vs_off"]["epoch_time_ratio"])
     # The membership memory's cost: a step with it, its table sized for the bench's members and
-    # for 25,000 (16 bands of 2**19 rows of 10 logits), against mint=active without it.
+    # for 25,000 (16 bands of 2**19 rows of 10 logits), against mint=active without it; the
+    # fingerprint record's banks (2 views of 507 numbers at 32x32x3 per member) likewise.
     memory = model["memory"]
-    for name in ("general", "general_25k"):
+    for name in ("general", "general_25k", "fingerprint", "fingerprint_25k"):
         _ratio(memory[name]["ratio"])
     parameters = memory["parameters"]
     assert parameters["active"]["memory"] == 0
     assert parameters["general"]["memory"] == 16 * 2048 * 10  # 64 members: 2**11 rows per band
     assert parameters["general_25k"]["memory"] == 16 * 2**19 * 10
-    assert parameters["general"]["network"] == parameters["active"]["network"] > 0
+    assert parameters["fingerprint"]["memory"] == 2 * 64 * 507
+    assert parameters["fingerprint_25k"]["memory"] == 2 * 25000 * 507
+    for name in ("general", "fingerprint"):
+        assert parameters[name]["network"] == parameters["active"]["network"] > 0
     for kind in ("plain", "augmented"):
         _ratio(results["pipeline"][kind]["ratio"])
         assert set(results["pipeline"][kind]["ratios"]) == {"ours_vs_torchvision_workers0"}
@@ -86,4 +90,5 @@ def test_quick_bench_records_memory_scaling_and_the_machine(quick_bench):
     assert "--device cuda" in results["gpu"]["note"]
     table = (out / "bench-smoke.md").read_text()
     assert "mint=active_general (memory 83.9M parameters, sized for 25000 members)" in table
+    assert "mint=active_fingerprint (memory 25.4M numbers, sized for 25000 members)" in table
     assert "Lightning vs raw loop" in table and "| (c) pipeline plain" in table
