@@ -43,7 +43,7 @@ def _batch_size(batch: Any) -> int:
 
 
 class ProgressReport(Callback):
-    """Plain progress lines (and status.json) while a trainer fits.
+    """Plain progress lines (and status.json) while a trainer fits and while it scores.
 
     Args:
         label: what is training (the phase: audited, mint_head; `reference` for RMIA's models).
