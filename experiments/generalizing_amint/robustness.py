@@ -313,7 +313,8 @@ def plot(path: Path, rows: list[dict]) -> None:
         ax.set_ylabel(label)
         ax.set_ylim(0, 1.02)
     axes[1].set_xticks(range(len(transforms)), transforms)
-    axes[0].legend(fontsize=7, ncol=3, loc="lower right")
+    # Above the bars, not over them.
+    axes[0].legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
