@@ -555,9 +555,9 @@ def bench_model(settings: Settings, model: str, device: torch.device) -> dict[st
     active, off = run_config(settings, model, "active"), run_config(settings, model, "off")
     # The membership memory (mint=active_general): its table sized for the bench's members and
     # for the paper's 25,000 (the same batches: what a larger table costs a step). The fingerprint
-    # record (mint=active_fingerprint) reads every member written so far: its bank holding the
-    # bench's members, and at 25,000 every other member of the paper's split too (as from its
-    # second epoch).
+    # record (mint=active_fingerprint) reads every member written so far: its bank sized for the
+    # bench's members (holding what the run writes), and for 25,000 holding every other member
+    # of the paper's split from the first step (as from its second epoch).
     general = {
         "general": run_config(settings, model, "active_general"),
         "general_25k": run_config(settings, model, "active_general", members=MEMORY_MEMBERS),
