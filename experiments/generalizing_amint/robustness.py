@@ -19,6 +19,11 @@ Columns: transform, method, seed, auc_strict, tpr01_strict (TPR at 0.1% FPR), au
 audited model's accuracy on the transformed test non-members; empty for `exact_hash`). An
 existing CSV is refused unless --append adds to it (rows already there, by transform, method and
 seed, are kept and not written twice).
+
+The scripts that measure a record before any training (`record_design.py`,
+`fingerprint_design.py`) take their options, data and per-transformation rows from here
+(`design_parser`, `design_data`, `design_rows`, `save_design`), so that they meet the same
+changed images.
 """
 
 from __future__ import annotations
