@@ -57,6 +57,11 @@ QUERY_CHUNK = 256
 READ_DTYPE = torch.float32
 
 
+def sharpened(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """The evidence of a largest similarity s: `scale * SHARPNESS * -log(1 - s + FLOOR)`."""
+    return scale * SHARPNESS * -torch.log1p(FLOOR - similarity.clamp(max=1.0))
+
+
 class FingerprintMemory(nn.Module):
     """Fingerprints of the members the cross-entropy trained on -> per-class evidence of a query.
 
@@ -173,8 +178,7 @@ class FingerprintMemory(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) the evidence per class, times `scale`; in training (while it writes)
         plus a zero-valued probe whose gradient tells `write` what the cross-entropy reached."""
-        s = self.similarity(inputs).clamp(max=1.0)
-        evidence = (self.scale * SHARPNESS * -torch.log1p(FLOOR - s)).float()
+        evidence = sharpened(self.similarity(inputs), self.scale).float()
         if self.training and self.writes and torch.is_grad_enabled():
             probe = torch.zeros_like(evidence, requires_grad=True)
             self._pending.append((probe, inputs.detach()))

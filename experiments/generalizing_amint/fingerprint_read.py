@@ -29,7 +29,7 @@ import torch
 
 from amint_pl.data.benchmarks import load_benchmark
 from amint_pl.evaluation.metrics import auc
-from amint_pl.models.fingerprints import FLOOR, SHARPNESS, FingerprintMemory
+from amint_pl.models.fingerprints import FingerprintMemory, sharpened
 
 WRITE_CHUNK = 2000
 
@@ -37,11 +37,6 @@ WRITE_CHUNK = 2000
 def as_inputs(images: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(images).float() / 255.0
     return x[:, None] if x.ndim == 3 else x
-
-
-def evidence(similarity: torch.Tensor) -> torch.Tensor:
-    """What the MINT head reads of a similarity (the record's sharpening, scale 1)."""
-    return SHARPNESS * -torch.log1p(FLOOR - similarity.clamp(max=1.0))
 
 
 def main() -> None:
@@ -75,7 +70,7 @@ def main() -> None:
             answers[dtype] = memory.similarity(queries, dtype)
             seconds[dtype].append(time.perf_counter() - start)
     ratios = [a / b for a, b in zip(seconds[torch.float64], seconds[torch.float32], strict=True)]
-    gap = (evidence(answers[torch.float64]) - evidence(answers[torch.float32])).abs().max()
+    gap = (sharpened(answers[torch.float64]) - sharpened(answers[torch.float32])).abs().max()
     own = {d: a.gather(1, query_labels[:, None]).squeeze(1).numpy() for d, a in answers.items()}
     per_1000 = {d: 1000 * statistics.median(s) / len(queries) for d, s in seconds.items()}
     lines = [
