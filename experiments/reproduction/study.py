@@ -210,6 +210,19 @@ def run_row(row: Row, out: Path, csv_path: Path, extra: list[str]) -> str:
     return f"{row.name}: test acc {line['aud_test_acc']}, MINT AUC {line['mint_auc_paper']}, {wall:.0f} s"
 
 
+def to_run(done: set, models=None, recipes=None, seeds=None) -> list[Row]:
+    """The planned rows not yet in the CSV, in plan order, kept to the architectures, recipes and
+    seeds asked for (None: all)."""
+    return [
+        r
+        for r in plan()
+        if r.key not in done
+        and (not models or r.model in models)
+        and (not recipes or r.recipe in recipes)
+        and (seeds is None or r.seed in seeds)
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduction"))
@@ -217,20 +230,13 @@ def main() -> int:
     parser.add_argument("--models", nargs="*", default=None, help="only these architectures")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one core each)")
     parser.add_argument("--recipes", nargs="*", default=None, help="only these recipes")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="only these seeds")
     parser.add_argument("--limit", type=int, default=None, help="at most this many rows")
     parser.add_argument("--list", action="store_true", help="print the rows still to run")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
 
-    done = done_keys(args.csv)
-    todo = [
-        r
-        for r in plan()
-        if r.key not in done
-        and (not args.models or r.model in args.models)
-        and (not args.recipes or r.recipe in args.recipes)
-    ]
-    todo = todo[: args.limit]
+    todo = to_run(done_keys(args.csv), args.models, args.recipes, args.seeds)[: args.limit]
     if args.list:
         for row in todo:
             print(" ".join(row.overrides()))
