@@ -24,6 +24,8 @@ Settings (key=value):
     protocol    paper (default) or strict: whose calibration sets set the calibrated threshold.
     output      the CSV to write (never overwritten); default <run dir>/audit/<time>.csv.
     batch_size  samples per forward pass (default: the run's eval_batch_size).
+    progress    seconds between the lines on stderr that say how far the scoring is (default 10;
+                0: a line each batch). An audit shorter than that prints none.
     device      auto (default: a GPU when there is one), cpu, cuda, cuda:1, ...
 
 Inputs are preprocessed as the run's training data was: decoded to the data set's native channels,
@@ -50,6 +52,7 @@ import numpy as np
 
 from amint_pl.checkpoints import load_checkpoint
 from amint_pl.errors import AmintError, CheckpointError, ConfigError, CorruptDataError, SplitError
+from amint_pl.status import batch_progress
 
 if TYPE_CHECKING:
     from amint_pl.data.benchmarks import Benchmark
@@ -65,6 +68,7 @@ SETTINGS = (
     "output",
     "batch_size",
     "device",
+    "progress",
 )
 SPLIT_PREFIX = "split:"
 TENSOR_SUFFIXES = (".npy", ".pt", ".pth")
@@ -82,6 +86,7 @@ class AuditRequest:
     output: Path | None = None
     batch_size: int | None = None
     device: str = "auto"
+    progress_s: float = 10.0
 
 
 def parse_args(argv: Sequence[str]) -> AuditRequest:
@@ -117,6 +122,13 @@ def parse_args(argv: Sequence[str]) -> AuditRequest:
     batch_size = given.get("batch_size")
     if batch_size is not None and (not batch_size.isdigit() or int(batch_size) < 1):
         raise ConfigError(f"batch_size={batch_size} must be a positive integer")
+    progress = given.get("progress", "10")
+    try:
+        progress_s = float(progress)
+    except ValueError:
+        progress_s = math.nan
+    if not 0.0 <= progress_s < math.inf:
+        raise ConfigError(f"progress={progress} must be a number of seconds >= 0, e.g. 10")
     return AuditRequest(
         checkpoint=Path(given["checkpoint"]).expanduser(),
         inputs=given["inputs"],
@@ -126,6 +138,7 @@ def parse_args(argv: Sequence[str]) -> AuditRequest:
         output=Path(given["output"]).expanduser() if given.get("output") else None,
         batch_size=int(batch_size) if batch_size else None,
         device=given.get("device", "auto"),
+        progress_s=progress_s,
     )
 
 
@@ -477,16 +490,28 @@ def read_split(roles: Sequence[str], splits: MembershipSplits, benchmark: Benchm
 # Scoring
 
 
-def score(module: AMINTModule, samples: Samples, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def score(
+    module: AMINTModule,
+    samples: Samples,
+    batch_size: int,
+    progress_s: float | None = None,
+    what: str = "scoring",
+) -> tuple[np.ndarray, np.ndarray]:
     """(class logits float32 (N, K), MINT logits float32 (N,)) of the samples' uint8 images,
-    through the module's own preprocessing, in batches (with their labels where known)."""
+    through the module's own preprocessing, in batches (with their labels where known).
+
+    progress_s: a line on stderr every progress_s seconds, `<what>: batch n/N | samples/s |
+    elapsed ETA`, and one after the last batch once any was printed (None: silent)."""
     import torch
 
     device = next(module.parameters()).device
     images, labels = samples.images, samples.labels
     logits, mint_logits = [], []
+    total = -(-len(images) // batch_size)
+    started = last_line = time.monotonic()
+    shown = False
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
+        for n, start in enumerate(range(0, len(images), batch_size), 1):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
             inputs = module.on_after_batch_transfer({"images": batch.to(device)}, 0)["inputs"]
             label = None
@@ -495,6 +520,13 @@ def score(module: AMINTModule, samples: Samples, batch_size: int) -> tuple[np.nd
             out, mint = module(inputs, label)
             logits.append(out.float().cpu())
             mint_logits.append(mint.float().cpu())
+            now = time.monotonic()
+            if progress_s is not None and (now - last_line >= progress_s or (shown and n == total)):
+                done = min(start + batch_size, len(images))
+                print(
+                    f"{what}: {batch_progress(n, total, done, now - started)[0]}", file=sys.stderr
+                )
+                last_line, shown = now, True
     return torch.cat(logits).numpy(), torch.cat(mint_logits).numpy()
 
 
@@ -537,7 +569,8 @@ def calibrated_threshold(
     role = f"{PROTOCOLS[request.protocol]}_calib"
     samples = read_split((role, "nonmembers_calib"), splits, benchmark)
     batch = request.batch_size or int(checkpoint["hyper_parameters"]["config"]["eval_batch_size"])
-    probability = membership_probability(score(module, samples, batch)[1])
+    scored = score(module, samples, batch, request.progress_s, "calibrating the threshold")
+    probability = membership_probability(scored[1])
     is_member = np.array([r["role"] == role for r in samples.rows])
     if not is_member.any():
         raise ConfigError(f"the run has no {role} samples: use protocol=paper or threshold=0.5")
@@ -634,7 +667,7 @@ def audit(request: AuditRequest) -> dict[str, Any]:
     else:
         samples = read_inputs(request.inputs, hparams, request.labels)
 
-    logits, mint_logits = score(module, samples, batch_size)
+    logits, mint_logits = score(module, samples, batch_size, request.progress_s)
     probability = membership_probability(mint_logits)
     if request.threshold == "calibrated":
         threshold, source = calibrated_threshold(request, checkpoint, module, run_dir)

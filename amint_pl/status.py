@@ -39,6 +39,17 @@ def duration(seconds: float | None) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def batch_progress(
+    batches: int, total: int, samples: int, elapsed: float
+) -> tuple[str, float | None]:
+    """How far a loop over batches is: 'batch n/N | S samples/s | elapsed T ETA T', and the ETA in
+    seconds (None before the first batch)."""
+    eta = elapsed / batches * max(total - batches, 0) if batches else None
+    rate = samples / elapsed if elapsed > 0 else 0
+    line = f"batch {batches}/{total} | {rate:.0f} samples/s | elapsed {duration(elapsed)} ETA {duration(eta)}"
+    return line, eta
+
+
 class RunStatus:
     """The status file of one run directory; `update` merges fields and rewrites it atomically.
 

@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from amint_pl.status import PROGRESS_LOGGER, RunStatus, duration
+from amint_pl.status import PROGRESS_LOGGER, RunStatus, batch_progress, duration
 
 log = logging.getLogger(PROGRESS_LOGGER)
 
@@ -98,14 +98,8 @@ class ProgressReport(Callback):
         if not trainer.is_global_zero:
             return
         total = int(sum(trainer.num_predict_batches))
-        elapsed = now - self.started
-        remaining = max(total - self.batches, 0)
-        eta = elapsed / self.batches * remaining if self.batches else None
-        log.info(
-            f"scoring every role: batch {self.batches}/{total} "
-            f"| {self.samples / elapsed if elapsed > 0 else 0:.0f} samples/s "
-            f"| elapsed {duration(elapsed)} ETA {duration(eta)}"
-        )
+        line, eta = batch_progress(self.batches, total, self.samples, now - self.started)
+        log.info(f"scoring every role: {line}")
         if self.status is not None:  # keeps a long evaluation from looking stale
             self.status.update(eta_s=None if eta is None else round(eta, 1))
 

@@ -5,6 +5,7 @@ Every check runs the command's own `main` in this process (its output and exit s
 as a process's would), on the real checkpoints of real runs."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -96,8 +97,9 @@ def test_image_files_and_tensors_are_scored_as_training_saw_them(trained, tmp_pa
             Image.fromarray(image[0], "L").convert("RGB").resize((32, 32)).save(folder / "big.png")
     out = tmp_path / "images.csv"
     main([f"checkpoint={checkpoint}", f"inputs={folder}", "threshold=0.5", f"output={out}"])
-    stdout = capsys.readouterr().out
-    assert "audit: 7 sample(s)" in stdout and "threshold: 0.5 (given)" in stdout
+    captured = capsys.readouterr()
+    assert "audit: 7 sample(s)" in captured.out and "threshold: 0.5 (given)" in captured.out
+    assert "scoring:" not in captured.err  # an audit shorter than `progress` says nothing of it
     rows = {row["sample"]: row for row in read_csv(out)}
     assert set(rows) == {str(p) for p in paths} | {str(folder / "big.png")}
     scores = run_scores(run_dir)
@@ -110,12 +112,18 @@ def test_image_files_and_tensors_are_scored_as_training_saw_them(trained, tmp_pa
     # The same pixels as tensors: (N, C, H, W) in a .npy, (N, H, W) in a .pt, same numbers.
     np.save(tmp_path / "images.npy", images)
     torch.save(torch.from_numpy(images[:, 0].copy()), tmp_path / "images.pt")
-    for name in ("images.npy", "images.pt"):
+    # In batches of 2 with a progress line each: every batch to the last, 3 of 3.
+    for name, settings in (("images.npy", []), ("images.pt", ["batch_size=2", "progress=0"])):
         out = tmp_path / f"{name}.csv"
-        main([f"checkpoint={checkpoint}", f"inputs={tmp_path / name}", f"output={out}"])
+        main([f"checkpoint={checkpoint}", f"inputs={tmp_path / name}", f"output={out}", *settings])
         got = [float(r["membership_probability"]) for r in read_csv(out)]
         want = [float(rows[str(p)]["membership_probability"]) for p in paths]
         assert got == pytest.approx(want, rel=1e-6)
+        err = capsys.readouterr().err
+        lines = re.findall(
+            r"^scoring: batch (\d+)/(\d+) \| \d+ samples/s \| elapsed \S+ ETA \S+$", err, re.M
+        )
+        assert lines == ([(str(n), "3") for n in (1, 2, 3)] if settings else []), err
 
 
 class Payload:

@@ -1,6 +1,9 @@
 """How the audit reads class folders: by the names the data set gives its classes."""
 
-from amint_pl.audit import Classes
+import pytest
+
+from amint_pl.audit import Classes, parse_args
+from amint_pl.errors import ConfigError
 
 
 def test_class_folders_are_read_by_the_names_the_data_set_gives_its_classes():
@@ -14,3 +17,11 @@ def test_class_folders_are_read_by_the_names_the_data_set_gives_its_classes():
     # Named classes (Tiny ImageNet's wnids, a user's folders): by name, or by index.
     named = Classes(("cat", "dog"))
     assert [named.label(n) for n in ("dog", "0", "2", "Dog")] == [1, 0, None, None]
+
+
+@pytest.mark.parametrize("progress", ["-1", "soon", "inf", "nan"])
+def test_a_progress_interval_that_is_no_number_of_seconds_is_refused(progress):
+    with pytest.raises(ConfigError, match=f"progress={progress} must be a number of seconds >= 0"):
+        parse_args(["checkpoint=a.ckpt", "inputs=x.png", f"progress={progress}"])
+    assert parse_args(["checkpoint=a.ckpt", "inputs=x.png"]).progress_s == 10
+    assert parse_args(["checkpoint=a.ckpt", "inputs=x.png", "progress=0"]).progress_s == 0
