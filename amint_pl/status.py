@@ -46,8 +46,8 @@ def batch_progress(
     seconds (None before the first batch)."""
     eta = elapsed / batches * max(total - batches, 0) if batches else None
     rate = samples / elapsed if elapsed > 0 else 0
-    line = f"batch {batches}/{total} | {rate:.0f} samples/s | elapsed {duration(elapsed)} ETA {duration(eta)}"
-    return line, eta
+    timing = f"elapsed {duration(elapsed)} ETA {duration(eta)}"
+    return f"batch {batches}/{total} | {rate:.0f} samples/s | {timing}", eta
 
 
 class RunStatus:

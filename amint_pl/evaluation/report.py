@@ -294,7 +294,7 @@ def plot_score_hist(path: Path, samples: ScoredSamples, title: str) -> None:
             ax.hist(
                 score[mask],
                 bins=bins,
-                histtype="stepfilled",  # one patch a role: as bars to the eye, 2.5x faster
+                histtype="stepfilled",  # one patch a role, not one a bin: looks alike, draws faster
                 alpha=0.45,
                 density=True,
                 label=f"{role} ({int(mask.sum())})",

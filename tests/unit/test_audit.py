@@ -1,4 +1,5 @@
-"""How the audit reads class folders: by the names the data set gives its classes."""
+"""How the audit reads class folders (by the names the data set gives its classes), and its
+progress setting."""
 
 import pytest
 
