@@ -22,13 +22,14 @@ run: install
 
 # The suite runs in two lanes side by side, one per core (-O: each lane's report whole when it
 # ends); README "Tests". Lane 1 holds the modules that read the runs tests/conftest.py trains once
-# per session, and the Table 1 corner, the bench, the data sets' multirun, progress, validation
-# and W&B to even the lanes out; lane 2 everything else, new test files included. Tiny tensors
-# gain nothing from threads, and two lanes share 2 cores: one thread each unless you say otherwise.
+# per session, and the Table 1 corner, the bench, the data sets' multirun, progress, validation,
+# W&B and the wheel to even the lanes out; lane 2 everything else, new test files included. Tiny
+# tensors gain nothing from threads, and two lanes share 2 cores: one thread each unless you say
+# otherwise.
 LANE_1 := tests/e2e/test_resume.py tests/e2e/test_audit.py tests/e2e/test_generalizing.py \
 	tests/e2e/test_train_api.py tests/e2e/test_reference.py tests/e2e/test_paper_grid.py \
 	tests/e2e/test_bench.py tests/e2e/test_datasets.py tests/e2e/test_progress.py \
-	tests/e2e/test_validation.py tests/e2e/test_wandb.py
+	tests/e2e/test_validation.py tests/e2e/test_wandb.py tests/e2e/test_wheel.py
 # The quick lane (-m "not slow": the in-process tests of tests/unit, about a minute): split alike.
 FAST_LANE_1 := tests/unit/test_models.py tests/unit/test_training.py tests/unit/test_readers.py
 PYTEST = $(BIN)/python -m pytest -q
