@@ -183,7 +183,8 @@ def paper_recipe(rows: list[dict[str, str]]) -> list[str]:
 
 
 def seeds(rows: list[dict[str, str]]) -> list[str]:
-    """Mean and standard deviation over seeds, where a configuration has more than one."""
+    """Mean ± sample standard deviation over seeds, and each seed's value in seed order, where a
+    configuration has more than one seed."""
     groups = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["mode"], r["head"], r["taps"], r["recipe"])].append(r)
@@ -192,11 +193,14 @@ def seeds(rows: list[dict[str, str]]) -> list[str]:
         if len(group) < 2:
             continue
         parts = []
+        group = sorted(group, key=lambda r: int(r["seed"]))
         for column in ("aud_test_acc", "mint_auc_paper", "tpr1_paper"):
             values = [number(r[column]) for r in group if number(r[column]) is not None]
             if len(values) >= 2:
+                each = ", ".join(f"{v:.3f}" for v in values)
                 parts.append(
-                    f"{column} {statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+                    f"{column} {statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} "
+                    f"({each})"
                 )
         lines.append(f"- {' '.join(key)} (n = {len(group)} seeds): " + ", ".join(parts))
     return lines
@@ -249,7 +253,8 @@ def main() -> int:
         ]
     over_seeds = seeds(rows)
     if over_seeds:
-        out += ["", "## Over seeds", "", *over_seeds]
+        out += ["", "## Over seeds", "", "Mean ± sample standard deviation (each seed).", ""]
+        out += over_seeds
     if missing:
         out += ["", f"## Not yet run ({len(missing)})", ""]
         out += [f"- {p.model} {p.mode} {p.head} {p.taps} {p.recipe} seed {p.seed}" for p in missing]

@@ -1,5 +1,6 @@
-"""The reproduction study's resume decision: a row whose run directory holds an interrupted or
-failed run resumes it; only a completed run counts as done."""
+"""The reproduction study: its resume decision (a row whose run directory holds an interrupted or
+failed run resumes it; only a completed run counts as done), which rows it runs, and the table's
+figures over seeds."""
 
 import json
 import sys
@@ -8,6 +9,7 @@ from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "experiments" / "reproduction"))
 import study  # noqa: E402  (experiments/ is no package)
+import table  # noqa: E402
 
 
 def test_only_a_completed_run_counts_as_done(tmp_path):
@@ -30,3 +32,17 @@ def test_rows_to_run_skip_the_done_ones_and_keep_to_the_filters():
         r for r in plan if r.seed in (1, 2) and r.recipe == "paper"
     ]
     assert study.to_run(done, seeds=[0]) == []
+
+
+def test_the_table_gives_mean_deviation_and_each_seed_of_a_configuration_run_more_than_once():
+    def row(seed, acc, auc=""):
+        key = {"model": "mobilenet", "mode": "active", "head": "light", "taps": "middle"}
+        return {**key, "recipe": "ours", "seed": str(seed), "aud_test_acc": acc,
+                "mint_auc_paper": auc, "tpr1_paper": ""}  # fmt: skip
+
+    once = {**row(0, "0.8"), "model": "vit"}
+    lines = table.seeds([row(1, "0.7411", "0.8451"), once, row(0, "0.7560", "0.8479")])
+    assert lines == [
+        "- mobilenet active light middle ours (n = 2 seeds): "
+        "aud_test_acc 0.749 ± 0.011 (0.756, 0.741), mint_auc_paper 0.847 ± 0.002 (0.848, 0.845)"
+    ]
