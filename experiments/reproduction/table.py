@@ -5,7 +5,7 @@
 Reads `fashion_mnist.csv` (one row per run, written by study.py) and the paper's figures
 (experiments/reference/), writes `fashion_mnist.md`: every run, then per architecture whether the
 study's targets hold, then the rows of the plan not yet run (the table says "partial" while any
-are left).
+are left); and `fashion_mnist.png`, its seed-0 runs per architecture as a plot.
 """
 
 from __future__ import annotations
@@ -206,6 +206,95 @@ def seeds(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
+def plot(rows: list[dict[str, str]], path: Path) -> dict[str, dict[str, float]]:
+    """Per architecture (seed 0, our recipe): the MINT head's paper-protocol AUC for passive MINT
+    and aMINT at each tap, with its 95% interval, beside the LOSS attack (left); the audited test
+    accuracy without and with aMINT (right). A run not yet done leaves its bar out. Returns what
+    it drew: {series: {model: value}} (series "accuracy, <label>" on the right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = defaultdict(dict)
+    for r in rows:
+        if r["seed"] == "0" and r["recipe"] == "ours":
+            by[r["model"]][(r["mode"], r["taps"])] = r
+    models = [m for m in ARCHITECTURES if by.get(m)]
+    paper = paper_mnist()
+    auc_bars = [
+        ("passive, middle", ("passive", "middle"), "C4"),
+        ("aMINT, entry", ("active", "entry"), "C0"),
+        ("aMINT, middle", ("active", "middle"), "C1"),
+        ("aMINT, output", ("active", "output"), "C2"),
+    ]
+    acc_bars = [("mint=off", ("off", "-"), "C7"), ("aMINT, middle", ("active", "middle"), "C1")]
+    fig, (ax_auc, ax_acc) = plt.subplots(1, 2, figsize=(12.8, 4.6), width_ratios=(2, 1))
+    width = 0.8 / (len(auc_bars) + 1)
+    x = list(range(len(models)))
+    drawn: dict[str, dict[str, float]] = defaultdict(dict)
+    for k, (label, key, colour) in enumerate(auc_bars):
+        xs, ys, errors = [], [], [[], []]
+        for i, model in enumerate(models):
+            row = by[model].get(key)
+            auc = number(row["mint_auc_paper"]) if row else None
+            if auc is None:
+                continue
+            low, high = interval(row) or (auc, auc)
+            xs.append(i + (k - len(auc_bars) / 2) * width)
+            ys.append(auc)
+            drawn[label][model] = auc
+            errors[0].append(auc - low)
+            errors[1].append(high - auc)
+        ax_auc.bar(xs, ys, width, yerr=errors, color=colour, label=label, capsize=2)
+    loss_x, loss_y = [], []
+    for i, model in enumerate(models):
+        row = by[model].get(("active", "middle")) or by[model].get(("off", "-"))
+        if row and number(row["loss_auc_paper"]) is not None:
+            loss_x.append(i + (len(auc_bars) / 2) * width)
+            loss_y.append(number(row["loss_auc_paper"]))
+            drawn["LOSS attack"][model] = loss_y[-1]
+    ax_auc.bar(loss_x, loss_y, width, color="k", alpha=0.6, label="LOSS attack")
+    theirs = [(i, paper.get((m, "middle"))) for i, m in enumerate(models)]
+    theirs = [(i, float(ref[0])) for i, ref in theirs if ref and ref[0]]
+    if theirs:
+        ax_auc.scatter(
+            [i for i, _ in theirs],
+            [v for _, v in theirs],
+            marker="_",
+            s=400,
+            color="r",
+            zorder=3,
+            label="paper, MNIST: MINT accuracy (middle)",
+        )
+    ax_auc.axhline(0.5, color="grey", lw=0.8)
+    ax_auc.set_ylim(0.4, 1.0)
+    ax_auc.set_ylabel("MINT AUC, paper protocol [95% CI]")
+    ax_auc.set_title("detecting the members (seed 0, light head)", fontsize=10)
+    for k, (label, key, colour) in enumerate(acc_bars):
+        xs, ys = [], []
+        for i, model in enumerate(models):
+            row = by[model].get(key)
+            if row and number(row["aud_test_acc"]) is not None:
+                xs.append(i + (k - 0.5) * 0.35)
+                ys.append(number(row["aud_test_acc"]))
+                drawn[f"accuracy, {label}"][model] = ys[-1]
+        ax_acc.bar(xs, ys, 0.35, color=colour, label=label)
+    ax_acc.axhline(0.80, color="r", lw=0.8, ls="--", label="target 0.80")
+    ax_acc.set_ylim(0.5, 0.9)
+    ax_acc.set_ylabel("audited test accuracy")
+    ax_acc.set_title("keeping the accuracy (seed 0)", fontsize=10)
+    for ax in (ax_auc, ax_acc):
+        ax.set_xticks(x, models, fontsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", ncols=2)
+    fig.suptitle(f"Fashion-MNIST, the paper's architectures: {len(rows)} runs", fontsize=10)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.88, wspace=0.18)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return dict(drawn)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--csv", type=Path, default=CSV_PATH)
@@ -231,6 +320,8 @@ def main() -> int:
         "`experiment=paper` (Adam lr 1e-4, the paper's head). Minutes are wall time on 2 CPU "
         "cores shared with other jobs (load 2-10): compare rows with each other, loosely; a run "
         "resumed after an interruption counts every attempt's minutes.",
+        "",
+        f"![the runs of seed 0 per architecture]({args.out.with_suffix('.png').name})",
         "",
         *run_table(rows),
         "",
@@ -259,7 +350,8 @@ def main() -> int:
         out += ["", f"## Not yet run ({len(missing)})", ""]
         out += [f"- {p.model} {p.mode} {p.head} {p.taps} {p.recipe} seed {p.seed}" for p in missing]
     args.out.write_text("\n".join(out) + "\n")
-    print(f"wrote {args.out} ({len(rows)} runs, {len(missing)} still to run)")
+    plot(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and its plot ({len(rows)} runs, {len(missing)} still to run)")
     return 0
 
 

@@ -46,3 +46,31 @@ def test_the_table_gives_mean_deviation_and_each_seed_of_a_configuration_run_mor
         "- mobilenet active light middle ours (n = 2 seeds): "
         "aud_test_acc 0.749 ± 0.011 (0.756, 0.741), mint_auc_paper 0.847 ± 0.002 (0.848, 0.845)"
     ]
+
+
+def test_the_plot_draws_the_runs_done_and_leaves_the_rest_out(tmp_path):
+    from PIL import Image
+
+    def row(model, mode, taps, auc, acc, seed="0", recipe="ours"):
+        head = "-" if mode == "off" else "light"
+        return {"model": model, "mode": mode, "taps": taps, "head": head, "seed": seed,
+                "recipe": recipe, "mint_auc_paper": auc, "mint_auc_paper_ci": "",
+                "loss_auc_paper": "0.51", "aud_test_acc": acc}  # fmt: skip
+
+    rows = [
+        row("vit", "off", "-", "", "0.79"),
+        row("vit", "active", "entry", "0.61", "0.80"),
+        row("vit", "passive", "middle", "0.52", "0.79"),
+        {**row("vit", "active", "entry", "0.99", "0.99"), "seed": "1"},  # seed 0 only
+        row("resnet50", "off", "-", "", "0.84"),
+        {**row("resnet50", "active", "middle", "0.9", "0.5"), "recipe": "paper"},  # ours only
+    ]
+    path = tmp_path / "study.png"
+    drawn = table.plot(rows, path)
+    assert drawn == {
+        "passive, middle": {"vit": 0.52},
+        "aMINT, entry": {"vit": 0.61},
+        "LOSS attack": {"vit": 0.51, "resnet50": 0.51},
+        "accuracy, mint=off": {"vit": 0.79, "resnet50": 0.84},
+    }
+    assert Image.open(path).size == (1536, 552)
