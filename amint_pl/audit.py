@@ -24,8 +24,9 @@ Settings (key=value):
     protocol    paper (default) or strict: whose calibration sets set the calibrated threshold.
     output      the CSV to write (never overwritten); default <run dir>/audit/<time>.csv.
     batch_size  samples per forward pass (default: the run's eval_batch_size).
-    progress    seconds between the lines on stderr that say how far the scoring is (default 10;
-                0: a line each batch). An audit shorter than that prints none.
+    progress    seconds between the lines on stderr that say how far the decoding of image files
+                and the scoring are (default 10; 0: a line each file and batch). An audit
+                shorter than that prints none.
     device      auto (default: a GPU when there is one), cpu, cuda, cuda:1, ...
 
 Inputs are preprocessed as the run's training data was: decoded to the data set's native channels,
@@ -243,16 +244,47 @@ def _decode_native(path: Path, channels: int) -> np.ndarray:
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
+class StderrProgress:
+    """Lines on stderr saying how far a loop is, `<what>: <unit> n/N | samples/s | elapsed ETA`:
+    one every interval_s seconds, and one after the last step once any was printed (None:
+    silent)."""
+
+    def __init__(self, what: str, total: int, interval_s: float | None, unit: str = "batch"):
+        self.what, self.total, self.interval_s, self.unit = what, total, interval_s, unit
+        self.started = self.last_line = time.monotonic()
+        self.shown = False
+
+    def step(self, done: int, samples: int) -> None:
+        """`done` of the `total` steps finished, `samples` samples in them."""
+        now = time.monotonic()
+        due = now - self.last_line >= self.interval_s if self.interval_s is not None else False
+        if due or (self.shown and done == self.total):
+            line = batch_progress(done, self.total, samples, now - self.started, self.unit)[0]
+            print(f"{self.what}: {line}", file=sys.stderr)
+            self.last_line, self.shown = now, True
+
+
 def read_image_files(
-    paths: Sequence[Path], channels: int, size: int, dataset_name: str
+    paths: Sequence[Path],
+    channels: int,
+    size: int,
+    dataset_name: str,
+    progress_s: float | None = None,
 ) -> np.ndarray:
-    """Image files -> uint8 (N, channels, size, size), decoded and resized as the pools were."""
+    """Image files -> uint8 (N, channels, size, size), decoded and resized as the pools were
+    (progress_s: see `StderrProgress`)."""
     from amint_pl.data.benchmarks import IMAGE_FILE_DATASETS, resize_images
     from amint_pl.data.cache import decode_image
 
-    if dataset_name in IMAGE_FILE_DATASETS:
-        return np.stack([decode_image(p, channels, size) for p in paths])
-    return np.concatenate([resize_images(_decode_native(p, channels)[None], size) for p in paths])
+    progress = StderrProgress("decoding images", len(paths), progress_s, unit="file")
+    images = []
+    for n, path in enumerate(paths, 1):
+        if dataset_name in IMAGE_FILE_DATASETS:
+            images.append(decode_image(path, channels, size))
+        else:
+            images.append(resize_images(_decode_native(path, channels)[None], size)[0])
+        progress.step(n, n)
+    return np.stack(images)
 
 
 def load_array(path: Path) -> np.ndarray:
@@ -379,9 +411,14 @@ def read_label_tensor(path: Path, count: int, num_classes: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def read_inputs(inputs: str, hparams: dict[str, Any], labels: Path | None = None) -> Samples:
+def read_inputs(
+    inputs: str,
+    hparams: dict[str, Any],
+    labels: Path | None = None,
+    progress_s: float | None = None,
+) -> Samples:
     """Image file, folder or tensor file (and their labels, see `labels` in the module's
-    docstring) -> Samples (not split:..., see `read_split`)."""
+    docstring) -> Samples (not split:..., see `read_split`); progress_s: see `StderrProgress`."""
     from amint_pl.data.readers import is_image, list_images
 
     dataset = hparams["config"]["dataset"]
@@ -421,7 +458,7 @@ def read_inputs(inputs: str, hparams: dict[str, Any], labels: Path | None = None
             f"inputs={inputs}: not an image (.png, .jpg, ...), a folder, a .npy or .pt tensor, "
             "or split:<role>"
         )
-    images = read_image_files(files, channels, size, str(dataset["name"]))
+    images = read_image_files(files, channels, size, str(dataset["name"]), progress_s)
     samples = Samples(images, [{"sample": str(f)} for f in files])
     if tree:
         samples.labels, samples.labels_from = tree[1], f"the class folders of {path}"
@@ -500,16 +537,13 @@ def score(
     """(class logits float32 (N, K), MINT logits float32 (N,)) of the samples' uint8 images,
     through the module's own preprocessing, in batches (with their labels where known).
 
-    progress_s: a line on stderr every progress_s seconds, `<what>: batch n/N | samples/s |
-    elapsed ETA`, and one after the last batch once any was printed (None: silent)."""
+    progress_s: see `StderrProgress`."""
     import torch
 
     device = next(module.parameters()).device
     images, labels = samples.images, samples.labels
     logits, mint_logits = [], []
-    total = -(-len(images) // batch_size)
-    started = last_line = time.monotonic()
-    shown = False
+    progress = StderrProgress(what, -(-len(images) // batch_size), progress_s)
     with torch.inference_mode():
         for n, start in enumerate(range(0, len(images), batch_size), 1):
             batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
@@ -520,13 +554,7 @@ def score(
             out, mint = module(inputs, label)
             logits.append(out.float().cpu())
             mint_logits.append(mint.float().cpu())
-            now = time.monotonic()
-            if progress_s is not None and (now - last_line >= progress_s or (shown and n == total)):
-                done = min(start + batch_size, len(images))
-                print(
-                    f"{what}: {batch_progress(n, total, done, now - started)[0]}", file=sys.stderr
-                )
-                last_line, shown = now, True
+            progress.step(n, min(start + batch_size, len(images)))
     return torch.cat(logits).numpy(), torch.cat(mint_logits).numpy()
 
 
@@ -665,7 +693,7 @@ def audit(request: AuditRequest) -> dict[str, Any]:
         splits, benchmark = load_run_splits(run_dir, checkpoint, request.checkpoint)
         samples = read_split(ROLES if split_role == "all" else (split_role,), splits, benchmark)
     else:
-        samples = read_inputs(request.inputs, hparams, request.labels)
+        samples = read_inputs(request.inputs, hparams, request.labels, request.progress_s)
 
     logits, mint_logits = score(module, samples, batch_size, request.progress_s)
     probability = membership_probability(mint_logits)

@@ -40,14 +40,14 @@ def duration(seconds: float | None) -> str:
 
 
 def batch_progress(
-    batches: int, total: int, samples: int, elapsed: float
+    batches: int, total: int, samples: int, elapsed: float, unit: str = "batch"
 ) -> tuple[str, float | None]:
-    """How far a loop over batches is: 'batch n/N | S samples/s | elapsed T ETA T', and the ETA in
-    seconds (None before the first batch)."""
+    """How far a loop over batches (or other units) is: 'batch n/N | S samples/s | elapsed T ETA
+    T', and the ETA in seconds (None before the first one)."""
     eta = elapsed / batches * max(total - batches, 0) if batches else None
     rate = samples / elapsed if elapsed > 0 else 0
     timing = f"elapsed {duration(elapsed)} ETA {duration(eta)}"
-    return f"batch {batches}/{total} | {rate:.0f} samples/s | {timing}", eta
+    return f"{unit} {batches}/{total} | {rate:.0f} samples/s | {timing}", eta
 
 
 class RunStatus:

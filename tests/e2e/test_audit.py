@@ -100,6 +100,15 @@ def test_image_files_and_tensors_are_scored_as_training_saw_them(trained, tmp_pa
     captured = capsys.readouterr()
     assert "audit: 7 sample(s)" in captured.out and "threshold: 0.5 (given)" in captured.out
     assert "scoring:" not in captured.err  # an audit shorter than `progress` says nothing of it
+    assert "decoding images:" not in captured.err
+    # A line per file decoded and per batch scored, to the last, with progress=0.
+    settings = [f"checkpoint={checkpoint}", f"inputs={folder}", "threshold=0.5", "batch_size=4"]
+    main([*settings, "progress=0", f"output={tmp_path / 'again.csv'}"])
+    err = capsys.readouterr().err
+    line = r"^{}: {} (\d+)/(\d+) \| \d+ samples/s \| elapsed \S+ ETA \S+$"
+    decoded = re.findall(line.format("decoding images", "file"), err, re.M)
+    assert decoded == [(str(n), "7") for n in range(1, 8)], err
+    assert re.findall(line.format("scoring", "batch"), err, re.M) == [("1", "2"), ("2", "2")], err
     rows = {row["sample"]: row for row in read_csv(out)}
     assert set(rows) == {str(p) for p in paths} | {str(folder / "big.png")}
     scores = run_scores(run_dir)
