@@ -257,7 +257,7 @@ class StderrProgress:
     def step(self, done: int, samples: int) -> None:
         """`done` of the `total` steps finished, `samples` samples in them."""
         now = time.monotonic()
-        due = now - self.last_line >= self.interval_s if self.interval_s is not None else False
+        due = self.interval_s is not None and now - self.last_line >= self.interval_s
         if due or (self.shown and done == self.total):
             line = batch_progress(done, self.total, samples, now - self.started, self.unit)[0]
             print(f"{self.what}: {line}", file=sys.stderr)
@@ -276,13 +276,15 @@ def read_image_files(
     from amint_pl.data.benchmarks import IMAGE_FILE_DATASETS, resize_images
     from amint_pl.data.cache import decode_image
 
+    def decode(path: Path) -> np.ndarray:
+        if dataset_name in IMAGE_FILE_DATASETS:
+            return decode_image(path, channels, size)
+        return resize_images(_decode_native(path, channels)[None], size)[0]
+
     progress = StderrProgress("decoding images", len(paths), progress_s, unit="file")
     images = []
     for n, path in enumerate(paths, 1):
-        if dataset_name in IMAGE_FILE_DATASETS:
-            images.append(decode_image(path, channels, size))
-        else:
-            images.append(resize_images(_decode_native(path, channels)[None], size)[0])
+        images.append(decode(path))
         progress.step(n, n)
     return np.stack(images)
 

@@ -107,12 +107,18 @@ def run_table(rows: list[dict[str, str]]) -> list[str]:
     return lines
 
 
-def targets(rows: list[dict[str, str]]) -> list[str]:
-    """Per architecture (seed 0, our recipe, light head): the study's three targets (accuracy kept, aMINT over passive and LOSS)."""
+def seed0_runs(rows: list[dict[str, str]]) -> dict[str, dict[tuple[str, str, str], dict]]:
+    """The runs of seed 0 at our recipe: model -> (mode, taps, head) -> row."""
     by = defaultdict(dict)
     for r in rows:
         if r["seed"] == "0" and r["recipe"] == "ours":
             by[r["model"]][(r["mode"], r["taps"], r["head"])] = r
+    return by
+
+
+def targets(rows: list[dict[str, str]]) -> list[str]:
+    """Per architecture (seed 0, our recipe, light head): the study's three targets (accuracy kept, aMINT over passive and LOSS)."""
+    by = seed0_runs(rows)
     lines = [
         "| model | `off` test acc | `active` (middle) test acc | >= 0.80 and within 2 points "
         "of `off` | aMINT AUC (middle) | passive AUC (middle) | LOSS AUC (`active` run) "
@@ -216,45 +222,46 @@ def plot(rows: list[dict[str, str]], path: Path) -> dict[str, dict[str, float]]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by = defaultdict(dict)
-    for r in rows:
-        if r["seed"] == "0" and r["recipe"] == "ours":
-            by[r["model"]][(r["mode"], r["taps"])] = r
+    by = seed0_runs(rows)
     models = [m for m in ARCHITECTURES if by.get(m)]
     paper = paper_mnist()
+    off, active = ("off", "-", "-"), ("active", "middle", "light")
     auc_bars = [
-        ("passive, middle", ("passive", "middle"), "C4"),
-        ("aMINT, entry", ("active", "entry"), "C0"),
-        ("aMINT, middle", ("active", "middle"), "C1"),
-        ("aMINT, output", ("active", "output"), "C2"),
+        ("passive, middle", ("passive", "middle", "light"), "C4"),
+        ("aMINT, entry", ("active", "entry", "light"), "C0"),
+        ("aMINT, middle", active, "C1"),
+        ("aMINT, output", ("active", "output", "light"), "C2"),
     ]
-    acc_bars = [("mint=off", ("off", "-"), "C7"), ("aMINT, middle", ("active", "middle"), "C1")]
+    drawn: dict[str, dict[str, float]] = defaultdict(dict)
+
+    def series(label: str, runs: list[dict | None], column: str) -> tuple[list[int], list[float]]:
+        """The architectures (their positions) whose run has a value in the column, and those
+        values; `drawn` records them under label."""
+        xs, ys = [], []
+        for i, (model, row) in enumerate(zip(models, runs, strict=True)):
+            value = number(row[column]) if row else None
+            if value is not None:
+                xs.append(i)
+                ys.append(value)
+                drawn[label][model] = value
+        return xs, ys
+
     fig, (ax_auc, ax_acc) = plt.subplots(1, 2, figsize=(12.8, 4.6), width_ratios=(2, 1))
     width = 0.8 / (len(auc_bars) + 1)
-    x = list(range(len(models)))
-    drawn: dict[str, dict[str, float]] = defaultdict(dict)
     for k, (label, key, colour) in enumerate(auc_bars):
-        xs, ys, errors = [], [], [[], []]
-        for i, model in enumerate(models):
-            row = by[model].get(key)
-            auc = number(row["mint_auc_paper"]) if row else None
-            if auc is None:
-                continue
-            low, high = interval(row) or (auc, auc)
-            xs.append(i + (k - len(auc_bars) / 2) * width)
-            ys.append(auc)
-            drawn[label][model] = auc
-            errors[0].append(auc - low)
-            errors[1].append(high - auc)
-        ax_auc.bar(xs, ys, width, yerr=errors, color=colour, label=label, capsize=2)
-    loss_x, loss_y = [], []
-    for i, model in enumerate(models):
-        row = by[model].get(("active", "middle")) or by[model].get(("off", "-"))
-        if row and number(row["loss_auc_paper"]) is not None:
-            loss_x.append(i + (len(auc_bars) / 2) * width)
-            loss_y.append(number(row["loss_auc_paper"]))
-            drawn["LOSS attack"][model] = loss_y[-1]
-    ax_auc.bar(loss_x, loss_y, width, color="k", alpha=0.6, label="LOSS attack")
+        runs = [by[m].get(key) for m in models]
+        xs, ys = series(label, runs, "mint_auc_paper")
+        # The 95% interval as distances below and above each bar (none: a bar without whiskers).
+        spans = [interval(runs[i]) or (y, y) for i, y in zip(xs, ys, strict=True)]
+        below = [y - low for y, (low, _) in zip(ys, spans, strict=True)]
+        above = [high - y for y, (_, high) in zip(ys, spans, strict=True)]
+        at = [i + (k - len(auc_bars) / 2) * width for i in xs]
+        ax_auc.bar(at, ys, width, yerr=[below, above], color=colour, label=label, capsize=2)
+    # The LOSS attack on the aMINT model, else on the one trained without it.
+    runs = [by[m].get(active) or by[m].get(off) for m in models]
+    xs, ys = series("LOSS attack", runs, "loss_auc_paper")
+    offset = len(auc_bars) / 2 * width
+    ax_auc.bar([i + offset for i in xs], ys, width, color="k", alpha=0.6, label="LOSS attack")
     theirs = [(i, paper.get((m, "middle"))) for i, m in enumerate(models)]
     theirs = [(i, float(ref[0])) for i, ref in theirs if ref and ref[0]]
     if theirs:
@@ -271,21 +278,17 @@ def plot(rows: list[dict[str, str]], path: Path) -> dict[str, dict[str, float]]:
     ax_auc.set_ylim(0.4, 1.0)
     ax_auc.set_ylabel("MINT AUC, paper protocol [95% CI]")
     ax_auc.set_title("detecting the members (seed 0, light head)", fontsize=10)
+    acc_bars = [("mint=off", off, "C7"), ("aMINT, middle", active, "C1")]
     for k, (label, key, colour) in enumerate(acc_bars):
-        xs, ys = [], []
-        for i, model in enumerate(models):
-            row = by[model].get(key)
-            if row and number(row["aud_test_acc"]) is not None:
-                xs.append(i + (k - 0.5) * 0.35)
-                ys.append(number(row["aud_test_acc"]))
-                drawn[f"accuracy, {label}"][model] = ys[-1]
-        ax_acc.bar(xs, ys, 0.35, color=colour, label=label)
+        runs = [by[m].get(key) for m in models]
+        xs, ys = series(f"accuracy, {label}", runs, "aud_test_acc")
+        ax_acc.bar([i + (k - 0.5) * 0.35 for i in xs], ys, 0.35, color=colour, label=label)
     ax_acc.axhline(0.80, color="r", lw=0.8, ls="--", label="target 0.80")
     ax_acc.set_ylim(0.5, 0.9)
     ax_acc.set_ylabel("audited test accuracy")
     ax_acc.set_title("keeping the accuracy (seed 0)", fontsize=10)
     for ax in (ax_auc, ax_acc):
-        ax.set_xticks(x, models, fontsize=8)
+        ax.set_xticks(range(len(models)), models, fontsize=8)
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", ncols=2)
     fig.suptitle(f"Fashion-MNIST, the paper's architectures: {len(rows)} runs", fontsize=10)
