@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,26 @@ def batch_progress(
     rate = samples / elapsed if elapsed > 0 else 0
     timing = f"elapsed {duration(elapsed)} ETA {duration(eta)}"
     return f"{unit} {batches}/{total} | {rate:.0f} samples/s | {timing}", eta
+
+
+class StderrProgress:
+    """Lines on stderr saying how far a loop is, `<what>: <unit> n/N | samples/s | elapsed ETA`:
+    one every interval_s seconds, and one after the last step once any was printed (None:
+    silent)."""
+
+    def __init__(self, what: str, total: int, interval_s: float | None, unit: str = "batch"):
+        self.what, self.total, self.interval_s, self.unit = what, total, interval_s, unit
+        self.started = self.last_line = time.monotonic()
+        self.shown = False
+
+    def step(self, done: int, samples: int) -> None:
+        """`done` of the `total` steps finished, `samples` samples in them."""
+        now = time.monotonic()
+        due = self.interval_s is not None and now - self.last_line >= self.interval_s
+        if due or (self.shown and done == self.total):
+            line = batch_progress(done, self.total, samples, now - self.started, self.unit)[0]
+            print(f"{self.what}: {line}", file=sys.stderr)
+            self.last_line, self.shown = now, True
 
 
 class RunStatus:

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amint_pl.audit import build_module, load_checkpoint, load_run_splits
+from amint_pl.checkpoints import load_checkpoint
+from amint_pl.data.audit_inputs import load_run_splits
 from amint_pl.data.splits import POOL_NAMES
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
+from amint_pl.evaluation.scoring import build_module
 from amint_pl.models.memory import memory_margin
 
 # Mean squared pixel differences below which a training member counts as a look-alike.

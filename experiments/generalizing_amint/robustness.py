@@ -4,9 +4,10 @@ For each finished run, the strict protocol's reported members (trained on, never
 and every reported test non-member are changed by each transformation below, then scored by
 three methods; one CSV row per transformation x method x run seed:
 
-- `mint_<record>`: the run's MINT head, through `amint_pl.audit`'s own loading and scoring (with
-  the membership memory, `<record>` is its `mint.memory.record`, with `_flip_crop` when the run
-  trained under augmentation; without one, `none`);
+- `mint_<record>`: the run's MINT head, loaded and scored as the audit does
+  (`amint_pl.evaluation.scoring`; with the membership memory, `<record>` is its
+  `mint.memory.record`, with `_flip_crop` when the run trained under augmentation; without one,
+  `none`);
 - `loss_<record>`: the LOSS attack on the same model (minus the log loss at the label);
 - `memory_<record>`: with a membership memory, its margin at the label alone (what the record
   itself answers, read during the same scoring, without the head);
@@ -42,11 +43,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from amint_pl.audit import Samples, build_module, load_checkpoint, load_run_splits, read_split
-from amint_pl.audit import score as mint_score
+from amint_pl.checkpoints import load_checkpoint
+from amint_pl.data.audit_inputs import Samples, load_run_splits, read_split
 from amint_pl.data.benchmarks import load_benchmark
 from amint_pl.data.splits import POOL_NAMES
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
+from amint_pl.evaluation.scoring import build_module
+from amint_pl.evaluation.scoring import score as mint_score
 from amint_pl.models.memory import memory_margin, memory_record
 
 COLUMNS = ("transform", "method", "seed", "auc_strict", "tpr01_strict", "aud_test_acc")

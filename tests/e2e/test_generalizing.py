@@ -38,7 +38,9 @@ def test_the_fingerprint_preset_keeps_exactly_the_trained_members_and_audits(run
     """mint=active_fingerprint over 2 epochs (digits at 16 px: at 8 px the shifts leave no
     fingerprint): its bank holds each member the cross-entropy trained, once, and no external
     sample; the audit rebuilds the model, bank included, and reproduces the run's numbers."""
-    from amint_pl.audit import build_module, load_checkpoint, load_run_splits
+    from amint_pl.checkpoints import load_checkpoint
+    from amint_pl.data.audit_inputs import load_run_splits
+    from amint_pl.evaluation.scoring import build_module
     from amint_pl.models.fingerprints import SAME
 
     _, run_dir = run_amint(*TINY, "mint=active_fingerprint", "dataset.image_size=16")

@@ -3,7 +3,8 @@ progress setting."""
 
 import pytest
 
-from amint_pl.audit import Classes, parse_args
+from amint_pl.audit import parse_args
+from amint_pl.data.audit_inputs import Classes
 from amint_pl.errors import ConfigError
 
 
