@@ -210,9 +210,9 @@ def run_row(row: Row, out: Path, csv_path: Path, extra: list[str]) -> str:
     return f"{row.name}: test acc {line['aud_test_acc']}, MINT AUC {line['mint_auc_paper']}, {wall:.0f} s"
 
 
-def to_run(done: set, models=None, recipes=None, seeds=None) -> list[Row]:
-    """The planned rows not yet in the CSV, in plan order, kept to the architectures, recipes and
-    seeds asked for (None: all)."""
+def to_run(done: set, models=None, recipes=None, seeds=None, modes=None) -> list[Row]:
+    """The planned rows not yet in the CSV, in plan order, kept to the architectures, recipes,
+    seeds and MINT modes asked for (None: all)."""
     return [
         r
         for r in plan()
@@ -220,6 +220,7 @@ def to_run(done: set, models=None, recipes=None, seeds=None) -> list[Row]:
         and (not models or r.model in models)
         and (not recipes or r.recipe in recipes)
         and (seeds is None or r.seed in seeds)
+        and (not modes or r.mode in modes)
     ]
 
 
@@ -231,12 +232,16 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one core each)")
     parser.add_argument("--recipes", nargs="*", default=None, help="only these recipes")
     parser.add_argument("--seeds", nargs="*", type=int, default=None, help="only these seeds")
+    parser.add_argument(
+        "--modes", nargs="*", default=None, help="only these MINT modes (active, passive, off)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many rows")
     parser.add_argument("--list", action="store_true", help="print the rows still to run")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
 
-    todo = to_run(done_keys(args.csv), args.models, args.recipes, args.seeds)[: args.limit]
+    todo = to_run(done_keys(args.csv), args.models, args.recipes, args.seeds, args.modes)
+    todo = todo[: args.limit]
     if args.list:
         for row in todo:
             print(" ".join(row.overrides()))

@@ -32,6 +32,12 @@ def test_rows_to_run_skip_the_done_ones_and_keep_to_the_filters():
         r for r in plan if r.seed in (1, 2) and r.recipe == "paper"
     ]
     assert study.to_run(done, seeds=[0]) == []
+    first_active = study.to_run(set(), models=["resnet101"], modes=["active"])
+    assert [(r.taps, r.mode) for r in first_active] == [
+        ("middle", "active"),
+        ("entry", "active"),
+        ("output", "active"),
+    ]
 
 
 def test_the_table_gives_mean_deviation_and_each_seed_of_a_configuration_run_more_than_once():
