@@ -15,6 +15,8 @@ Recipes (the `recipe` column):
   light MINT head unless `head` says `paper`;
 - `paper`: `experiment=paper` (Adam lr 1e-4, the paper's head, the `initial` loss weighting);
 - `ours_aug`: `ours` with `dataset.augment=flip_crop` (random flips and shifts of up to 1/8).
+- `ours_stem`: `ours` with `model.small_stem=true` (a 3x3 stride-1 first conv: 4x the positions
+  per stage).
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ class Row:
             # The paper preset keeps Fashion-MNIST's own split sizes; the budget above wins.
         if self.recipe == "ours_aug":
             args.append("dataset.augment=flip_crop")
+        if self.recipe == "ours_stem":
+            args.append("model.small_stem=true")
         args.append(f"mint={self.mode}")
         if self.mode != "off":
             args += [f"mint/head={self.head}", f"mint.taps={self.taps}"]
@@ -116,6 +120,11 @@ def plan() -> list[Row]:
     rows += [
         Row("mobilenet", "-", "off", "-", 0, "ours_aug"),
         Row("mobilenet", "middle", "active", "light", 0, "ours_aug"),
+    ]
+    # Does the small stem lift it (more positions per stage at 28 px)?
+    rows += [
+        Row("mobilenet", "-", "off", "-", 0, "ours_stem"),
+        Row("mobilenet", "middle", "active", "light", 0, "ours_stem"),
     ]
     for seed in (1, 2):
         rows += [
