@@ -39,6 +39,8 @@ CONFIG_GROUPS = (
     "debug",
     "sweep",
 )
+# optim.schedule: the learning rate over a phase (AMINTModule.configure_optimizers).
+LR_SCHEDULES = ("constant", "cosine")
 # hydra/launcher options whose plugin comes with the `cluster` extra.
 LAUNCHER_PLUGINS = {
     "joblib": "hydra_plugins.hydra_joblib_launcher",
@@ -363,6 +365,12 @@ def _check_optim(optim: Mapping[str, Any]) -> None:
     from hydra.utils import get_class, instantiate
 
     fix = f"use optim=<{' | '.join(group_options('optim'))}>"
+    optim = dict(optim)
+    schedule = optim.pop("schedule", "constant")
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(
+            f"optim.schedule={schedule}: use optim.schedule=<{' | '.join(LR_SCHEDULES)}>"
+        )
     target = optim.get("_target_")
     try:
         optimiser = get_class(str(target))

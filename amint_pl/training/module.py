@@ -10,6 +10,7 @@ Phases (what `mint.mode` runs, in order):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -192,6 +193,7 @@ class AMINTModule(L.LightningModule):
             str(mint["weighting"]), float(mint["w_aud"]), float(mint["w_mint"])
         )
         self.optim_cfg = dict(config["optim"])
+        self.lr_schedule = str(self.optim_cfg.pop("schedule", "constant"))
         # The share of seen members used as MINT positives, and whether it rotates per epoch.
         self.positive_fraction = float(mint.get("positive_fraction", 1.0))
         self.rotate_positives = bool(mint.get("rotate_positives", False))
@@ -452,7 +454,7 @@ class AMINTModule(L.LightningModule):
         if self.memory is not None:
             self.memory.write()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         if self.phase == "mint_head":
             params = list(self.mint_head.parameters())
         elif self.phase == "audited":
@@ -460,4 +462,18 @@ class AMINTModule(L.LightningModule):
         else:
             params = self.audited_parameters() + list(self.mint_head.parameters())
         # conf/optim/*.yaml: the optimiser's class (`_target_`) and settings, `_partial_`.
-        return hydra.utils.instantiate(self.optim_cfg)(params)
+        optimizer = hydra.utils.instantiate(self.optim_cfg)(params)
+        if self.lr_schedule != "cosine":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.cosine_factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    def cosine_factor(self, epoch: int) -> float:
+        """optim.lr's factor in the phase's epoch `epoch` under the cosine schedule: from 1 down to
+        0 at max_epochs, stepped once per epoch. Read from the trainer's max_epochs each epoch, so a
+        resumed run with more epochs follows the longer schedule from where it stands."""
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))

@@ -1,6 +1,7 @@
 """One real training step of each mint mode changes the right parameters."""
 
 import copy
+import math
 
 import lightning as L
 import numpy as np
@@ -159,24 +160,26 @@ class RecordBatches(L.Callback):
 
     def __init__(self) -> None:
         self.epochs: list[list[list[tuple[int, int]]]] = []
+        self.rates: list[float] = []  # the learning rate each epoch trains at
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epochs.append([])
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         pairs = zip(batch["index"].tolist(), batch["role"].tolist(), strict=True)
         self.epochs[-1].append(list(pairs))
 
 
-def _fit(digits, max_epochs, tmp_path, ckpt_path=None):
+def _fit(digits, max_epochs, tmp_path, ckpt_path=None, *overrides, record=None):
     """A real Trainer fit of a tiny aMINT model: (recorded batches, datamodule, trainer)."""
     benchmark, splits = digits
-    cfg = config_dict("mint.weighting=fixed")
+    cfg = config_dict("mint.weighting=fixed", *overrides)
     module = AMINTModule(
         cfg, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
     )
     dm = MembershipDataModule(benchmark, splits, batch_size=20, eval_batch_size=256, seed=5)
-    record = RecordBatches()
+    record = RecordBatches() if record is None else record
     trainer = L.Trainer(
         max_epochs=max_epochs,
         accelerator="cpu",
@@ -238,3 +241,31 @@ def test_a_resumed_run_continues_the_same_sequence_of_batches(few_members, four_
     assert first + rest == whole
     # The earlier attempt's epochs come back with the checkpoint: counted as if never stopped.
     assert dm_rest.history == dm_whole.history == {"joint": {e: 6 for e in range(4)}}
+
+
+class StopAfter(RecordBatches):
+    """Records batches and rates, and stops the fit after `epochs` epochs (an interruption)."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        self.stop_after = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.stop_after:
+            trainer.should_stop = True
+
+
+def test_the_cosine_schedule_falls_each_epoch_and_a_resume_continues_it(few_members, tmp_path):
+    lr, epochs, cosine = 1e-3, 4, "optim.schedule=cosine"
+    expected = [lr * (1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+    whole = RecordBatches()
+    _fit(few_members, epochs, tmp_path / "whole", None, cosine, record=whole)
+    assert whole.rates == pytest.approx(expected)
+    # Interrupted after 2 of 4 epochs, then resumed from its last checkpoint.
+    stopped = StopAfter(2)
+    _fit(few_members, epochs, tmp_path / "stopped", None, cosine, record=stopped)
+    assert len(stopped.rates) == 2
+    last = tmp_path / "stopped" / "last.ckpt"
+    resumed = RecordBatches()
+    _fit(few_members, epochs, tmp_path / "stopped", last, cosine, record=resumed)
+    assert stopped.rates + resumed.rates == pytest.approx(expected)

@@ -39,6 +39,7 @@ REFUSED = [
     ("optim._target_=torch.nn.Linear", "optim._target_=torch.nn.Linear is no torch optimiser"),
     ("+optim.momentum=0.9", "optim: torch.optim.Adam cannot be built"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1 must be a number >= 0"),
+    ("optim.schedule=step", "optim.schedule=step: use optim.schedule=<constant | cosine>"),
     ("mint.monitor=val/nope", "mint.monitor=val/nope is not logged by mint=active"),
     ("dataset.image_size=0", "dataset.image_size=0 must be a positive integer"),
     ("dataset.channels=2", "dataset.channels=2: use 1, 3 or null"),
