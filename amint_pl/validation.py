@@ -296,6 +296,13 @@ def _check_mint(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"mint.monitor_mode={mint.get('monitor_mode')}: use max or min")
     if "mint_head" in phases:
         _positive_int(mint.get("head_max_epochs"), "mint.head_max_epochs")
+    _number(
+        mint.get("external_per_member", 1.0),
+        "mint.external_per_member",
+        0.0,
+        False,
+        "must be a number > 0, e.g. 0.25 (a quarter as many external samples as members)",
+    )
     # What the first phase logs on the calibration sets (the MINT head phase watches paper AUC).
     splits = cfg["dataset"]["splits"]
     protocols = ["paper"] + (["strict"] if float(splits["members_unseen_fraction"]) > 0 else [])
@@ -337,12 +344,12 @@ def _installed(package: str) -> bool:
 
 def _check_training(cfg: Mapping[str, Any]) -> None:
     batch = cfg.get("batch_size")
-    # batch_size is per device (run.yaml): each device's batch is half members, half external,
-    # so it must split in two; the global batch (batch_size x devices) then always divides.
+    # batch_size is per device (run.yaml): each device's batch holds batch_size/2 members, so it
+    # must split in two; the global batch (batch_size x devices) then always divides.
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 2 or batch % 2:
         raise ConfigError(
-            f"batch_size={batch} must be an even integer >= 2 (per device: half members, half "
-            "external samples): use e.g. batch_size=32"
+            f"batch_size={batch} must be an even integer >= 2 (per device: batch_size/2 "
+            "members): use e.g. batch_size=32"
         )
     _positive_int(cfg.get("eval_batch_size"), "eval_batch_size")
     trainer = cfg.get("trainer") or {}

@@ -130,14 +130,16 @@ class MemberOrder(Sampler[int]):
 
 
 class BalancedBatchSampler(Sampler[list[int]]):
-    """Each batch: batch_size/2 members and batch_size/2 external samples (catalogue positions).
+    """Each batch: batch_size/2 members and `external_per_member` times as many external samples
+    (catalogue positions; 1.0, the default: as many, the paper's balance).
 
     Every epoch visits each member once, in a new seeded order (`MemberOrder`). External samples
     come from one endless stream of seeded permutations of E, each epoch taking the next stretch
     of it: every external sample serves once before any serves twice, so all of E is used within
-    ceil(|E| / |D|) epochs. Under DDP each rank takes an interleaved shard of both (padded by
-    wrapping so every rank has the same number of batches): every rank's batch is balanced and
-    every member is seen once per epoch. `history` records how many batches each epoch yielded.
+    ceil(|E| / (external_per_member |D|)) epochs. Under DDP each rank takes an interleaved shard
+    of both (padded by wrapping so every rank has the same number of batches): every rank's batch
+    holds the same shares and every member is seen once per epoch. `history` records how many
+    batches each epoch yielded.
     """
 
     def __init__(
@@ -149,14 +151,18 @@ class BalancedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         history: dict[int, int] | None = None,
+        external_per_member: float = 1.0,
     ) -> None:
         if batch_size < 2 or batch_size % 2:
             raise ValueError(f"batch_size must be even and >= 2, got {batch_size}")
+        if not external_per_member > 0:
+            raise ValueError(f"external_per_member must be > 0, got {external_per_member}")
         if len(member_positions) == 0 or len(external_positions) == 0:
             raise ValueError("training needs members and external samples")
         self.sampler = MemberOrder(np.asarray(member_positions), seed, rank, world_size)
         self.external = np.asarray(external_positions)
         self.half = batch_size // 2
+        self.external_per_member = float(external_per_member)
         self.history = {} if history is None else history
 
     @property
@@ -169,25 +175,43 @@ class BalancedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return math.ceil(self.sampler.per_rank / self.half)
 
+    def external_counts(self) -> list[int]:
+        """External samples in each of a rank's batches of an epoch: external_per_member times
+        the batch's members, rounded, at least 1."""
+        members = self.sampler.per_rank
+        return [
+            max(1, round(min(self.half, members - start) * self.external_per_member))
+            for start in range(0, members, self.half)
+        ]
+
     def external_order(self, epoch: int, rank: int) -> np.ndarray:
         """A rank's external samples in an epoch: its shard of the epoch's stretch of the stream."""
-        members = self.sampler
-        total = members.per_rank * members.world_size
+        world = self.sampler.world_size
+        total = sum(self.external_counts()) * world
         start, n = epoch * total, len(self.external)
         cycles = range(start // n, (start + total - 1) // n + 1)
         stream = np.concatenate(
-            [np.random.default_rng([members.seed, 1, c]).permutation(self.external) for c in cycles]
+            [
+                np.random.default_rng([self.sampler.seed, 1, c]).permutation(self.external)
+                for c in cycles
+            ]
         )
         offset = start - cycles[0] * n
-        return stream[offset : offset + total][rank :: members.world_size]
+        return stream[offset : offset + total][rank::world]
 
     def batches(self, epoch: int, rank: int) -> Iterator[list[int]]:
         """The batches rank `rank` trains on in epoch `epoch`."""
         members = self.sampler.order(epoch, rank)
         externals = self.external_order(epoch, rank)
-        for start in range(0, len(members), self.half):
-            stop = start + self.half
-            yield [*members[start:stop].tolist(), *externals[start:stop].tolist()]
+        taken = 0
+        for start, count in zip(
+            range(0, len(members), self.half), self.external_counts(), strict=True
+        ):
+            yield [
+                *members[start : start + self.half].tolist(),
+                *externals[taken : taken + count].tolist(),
+            ]
+            taken += count
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self.epoch
@@ -243,12 +267,14 @@ class MembershipDataModule(L.LightningDataModule):
     Args:
         benchmark: the two pools.
         splits: the membership roles.
-        batch_size: per step and device; half members (D), half external (E).
+        batch_size: twice the members (D) per step and device.
         eval_batch_size: batch size of the calibration and scored sets.
         seed: the sampling seed (epoch orders derive from it).
         scored_roles: the roles `predict` scores (the reference-model attack adds `population`).
         on_device: on a GPU, keep the uint8 pools on it whole (`dataset.on_device`): batches are
             gathered there, with no host-to-device copy per step. No effect on a CPU.
+        external_per_member: external samples (E) per member in a training batch
+            (`mint.external_per_member`; 1.0: batch_size/2 of each).
     """
 
     def __init__(
@@ -260,9 +286,11 @@ class MembershipDataModule(L.LightningDataModule):
         seed: int,
         on_device: bool = False,
         scored_roles: Sequence[str] = ROLES,
+        external_per_member: float = 1.0,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
+        self.external_per_member = external_per_member
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.on_device = on_device
@@ -362,6 +390,7 @@ class MembershipDataModule(L.LightningDataModule):
             rank,
             world,
             history=self.history.setdefault(phase, {}),
+            external_per_member=self.external_per_member,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -435,9 +464,16 @@ class RunDataModule(MembershipDataModule):
         seed: int,
         write_splits: bool = True,
         on_stage: Callable[[str], None] = lambda stage: None,
+        external_per_member: float = 1.0,
     ) -> None:
         super().__init__(
-            None, None, batch_size, eval_batch_size, seed, bool(dataset.get("on_device", False))
+            None,
+            None,
+            batch_size,
+            eval_batch_size,
+            seed,
+            bool(dataset.get("on_device", False)),
+            external_per_member=external_per_member,
         )
         self.dataset, self.sizes, self.splits_path = dataset, sizes, Path(splits_path)
         self.write_splits, self.on_stage = write_splits, on_stage
@@ -461,6 +497,7 @@ class RunDataModule(MembershipDataModule):
             int(cfg.seed),
             write_splits=write_splits,
             on_stage=on_stage,
+            external_per_member=float(cfg.mint.external_per_member),
         )
 
     def prepare_data(self) -> None:

@@ -58,6 +58,8 @@ def test_quick_bench_reports_every_ratio(quick_bench):
     memory = model["memory"]
     for name in ("general", "general_25k", "fingerprint", "fingerprint_25k"):
         _ratio(memory[name]["ratio"])
+        _ratio(memory[name]["epoch_time_ratio_vs_off"])
+        assert memory[name]["external_per_member"] == 0.25
     parameters = memory["parameters"]
     assert parameters["active"]["memory"] == 0
     assert parameters["general"]["memory"] == 16 * 2048 * 10  # 64 members: 2**11 rows per band
@@ -89,6 +91,9 @@ def test_quick_bench_records_memory_scaling_and_the_machine(quick_bench):
     assert results["machine"]["torch_threads"] == 1 and results["gpu"]["measured"] is False
     assert "--device cuda" in results["gpu"]["note"]
     table = (out / "bench-smoke.md").read_text()
-    assert "mint=active_general (memory 83.9M parameters, sized for 25000 members)" in table
-    assert "mint=active_fingerprint (memory 25.4M numbers, sized for 25000 members)" in table
+    assert (
+        "mint=active_general (memory 83.9M parameters, sized for 25000 members; "
+        "0.25 external per member)" in table
+    )
+    assert "mint=active_fingerprint (memory 25.4M numbers, sized for 25000 members;" in table
     assert "Lightning vs raw loop" in table and "| (c) pipeline plain" in table

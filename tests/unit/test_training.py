@@ -145,6 +145,38 @@ def test_balanced_sampler_shards_every_member_once_and_every_batch_balanced(n_me
     assert len(seen) - n_members == -n_members % world_size
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_fewer_external_samples_per_member_serve_all_of_e_over_more_epochs(world_size):
+    # 100 members, 8 a batch, a quarter as many external samples: 2 per full batch, at least 1
+    # in a rank's last (4 members at world 1, 2 at world 2).
+    members, external = np.arange(100), np.arange(1000, 1060)
+    samplers = [
+        BalancedBatchSampler(members, external, 16, 7, r, world_size, external_per_member=0.25)
+        for r in range(world_size)
+    ]
+    per_epoch, served = [], []
+    for epoch in range(3):
+        used = []
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            for batch in batches:
+                n_members = sum(i < 1000 for i in batch)
+                assert len(batch) - n_members == max(1, round(n_members * 0.25))
+            assert {i for b in batches for i in b if i < 1000} <= set(members.tolist())
+            used += [i for b in batches for i in b if i >= 1000]
+        per_epoch.append(used)
+        served += used
+    seen = {i for sampler in samplers for b in sampler.batches(0, sampler.sampler.rank) for i in b}
+    assert set(members.tolist()) <= seen  # every member in an epoch
+    assert len(per_epoch[0]) == sum(samplers[0].external_counts()) * world_size
+    # Every external sample once before any twice (25-26 an epoch: the first two epochs draw
+    # none twice), and all of E within ceil(60 / 25) = 3 epochs.
+    first_two = per_epoch[0] + per_epoch[1]
+    assert len(first_two) == len(set(first_two)) >= 50
+    assert set(served) == set(external.tolist())
+
+
 def test_training_batches_hold_members_and_external_only(digits):
     benchmark, splits = digits
     dm = MembershipDataModule(benchmark, splits, batch_size=64, eval_batch_size=64, seed=0)
