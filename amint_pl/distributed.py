@@ -104,8 +104,9 @@ def started_as_a_rank() -> bool:
 
 class ShardReport(Callback):
     """What each rank really did, for results.json: the process-group size during fit, the training
-    samples of the first epoch (members, external, batches that were not balanced), a digest of
-    each epoch's first batch (epochs draw new batches) and the scored samples. Given a `children` list, it also takes the child ranks over from Lightning's
+    samples of the first epoch (members, external, batches without the configured share of external
+    samples), a digest of each epoch's first batch (epochs draw new batches) and the scored
+    samples. Given a `children` list, it also takes the child ranks over from Lightning's
     watchdog, which SIGKILLs the launching process (under `-m`: the whole sweep) when one of them
     exits non-zero; the job then reaps them itself.
 
@@ -152,7 +153,9 @@ class ShardReport(Callback):
         self.train_members += n_members
         self.train_external += n_external
         self.batches += 1
-        self.unbalanced_batches += int(n_members != n_external)
+        # Unbalanced: not the configured share of external samples (mint.external_per_member).
+        share = float(getattr(trainer.datamodule, "external_per_member", 1.0))
+        self.unbalanced_batches += int(n_external != max(1, round(n_members * share)))
         pool, index = batch["pool"].cpu()[member], batch["index"].cpu()[member]
         self.member_keys.update(zip(pool.tolist(), index.tolist(), strict=True))
 

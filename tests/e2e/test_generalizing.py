@@ -20,6 +20,16 @@ def test_the_general_preset_runs_and_audits_on_a_tiny_budget(general_run, tmp_pa
     assert results["status"] == "completed"
     assert {"paper", "strict"} <= set(results["membership"])
     assert 0.0 <= results["membership"]["strict"]["mint"]["auc"] <= 1.0
+    # A quarter as many external samples as members (mint.external_per_member): batches of 16
+    # members and 4 external samples (the last: 8 and 2), 30 an epoch; 60 of E's 120 in 2 epochs.
+    training = results["training"]
+    assert (training["members_used"], training["external_used"]) == (120, 60)
+    rank = results["distributed"]["ranks"][0]
+    assert (rank["train_members"], rank["train_external"], rank["unbalanced_batches"]) == (
+        120,
+        30,
+        0,
+    )
     checkpoint = run_dir / results["best_checkpoints"]["joint"]
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     assert "memory.table.weight" in state and float(state["memory.table.weight"].abs().sum()) > 0
