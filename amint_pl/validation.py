@@ -296,6 +296,14 @@ def _check_mint(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(f"mint.monitor_mode={mint.get('monitor_mode')}: use max or min")
     if "mint_head" in phases:
         _positive_int(mint.get("head_max_epochs"), "mint.head_max_epochs")
+    clean_views = mint.get("clean_views", False)
+    if not isinstance(clean_views, bool):
+        raise ConfigError(f"mint.clean_views={clean_views}: use true or false")
+    if clean_views and cfg["dataset"].get("augment", "none") == "none":
+        raise ConfigError(
+            "mint.clean_views=true reads un-augmented images beside augmented ones: add "
+            "dataset.augment=flip_crop (or drop mint.clean_views)"
+        )
     _number(
         mint.get("external_per_member", 1.0),
         "mint.external_per_member",

@@ -197,6 +197,9 @@ class AMINTModule(L.LightningModule):
         # The share of seen members used as MINT positives, and whether it rotates per epoch.
         self.positive_fraction = float(mint.get("positive_fraction", 1.0))
         self.rotate_positives = bool(mint.get("rotate_positives", False))
+        # Under augmentation: the MINT head reads every row of the batch clean (as an audit shows
+        # it) while the cross-entropy trains on the augmented members.
+        self.clean_views = bool(mint.get("clean_views", False))
         # Fast paths (README "Speed"): NHWC activations, torch.compile in `configure_model`.
         self.channels_last = bool(config["model"].get("channels_last", False))
         self.compile_mode = compile_mode(config["model"].get("compile", False))
@@ -315,10 +318,18 @@ class AMINTModule(L.LightningModule):
         if self.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         batch["inputs"] = inputs
-        if self.memory is not None and train and self.preprocess.augment != "none":
-            # The memory records each sample as the data set holds it (as an audit shows it),
-            # not the augmented view the network trains on.
-            batch["memory_inputs"] = self.preprocess(batch["images"], train=False)
+        if (
+            (self.memory is not None or self.clean_views)
+            and train
+            and self.preprocess.augment != "none"
+        ):
+            # The images as the data set holds them (as an audit shows them), not the augmented
+            # views the network trains on: what the memory records, and with `clean_views` what
+            # the MINT head reads.
+            clean = self.preprocess(batch["images"], train=False)
+            if self.channels_last:
+                clean = clean.contiguous(memory_format=torch.channels_last)
+            batch["clean_inputs"] = clean
         return batch
 
     def forward(
@@ -353,15 +364,32 @@ class AMINTModule(L.LightningModule):
         where = batch if "member_index" in batch else role_positions(role)
         members, mint_targets = where["member_index"], where["mint_index"]
         ce = bce = None
-        if self.phase == "joint":
+        clean = batch.get("clean_inputs")
+        if self.phase == "joint" and self.clean_views and clean is not None:
+            # ONE forward over the augmented members (the cross-entropy's) and the whole batch
+            # clean (the MINT head's): BatchNorm sees them all.
+            n = len(members)
+            memory_inputs = (
+                None if self.memory is None else torch.cat([clean.index_select(0, members), clean])
+            )
+            logits, taps, memory = self.audited(
+                torch.cat([inputs.index_select(0, members), clean]), memory_inputs
+            )
+            member_logits = logits[:n]
+            ce = F.cross_entropy(member_logits, labels.index_select(0, members))
+            mint_logits = self.mint_head(
+                [t[n:] for t in taps], logits[n:], labels, None if memory is None else memory[n:]
+            )
+            bce = mint_loss(mint_logits, role, mint_targets)
+        elif self.phase == "joint":
             # ONE forward over members and external samples together: BatchNorm sees both.
-            logits, taps, memory = self.audited(inputs, batch.get("memory_inputs"))
+            logits, taps, memory = self.audited(inputs, clean)
             member_logits = logits.index_select(0, members)
             ce = F.cross_entropy(member_logits, labels.index_select(0, members))
             mint_logits = self.mint_head(taps, logits, labels, memory)
             bce = mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "audited":
-            memory_inputs = batch.get("memory_inputs")
+            memory_inputs = clean
             if memory_inputs is not None:
                 memory_inputs = memory_inputs.index_select(0, members)
             member_logits, _, _ = self.audited(inputs.index_select(0, members), memory_inputs)

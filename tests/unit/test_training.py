@@ -73,6 +73,32 @@ def test_active_step_sends_mint_gradient_into_the_backbone(digits):
     assert all(grads[n] for n in grads if n.startswith("mint_head."))
 
 
+@pytest.mark.parametrize("clean_views", [False, True])
+def test_clean_views_feed_the_mint_head_the_images_as_an_audit_shows_them(digits, clean_views):
+    """Under augmentation, mint.clean_views=true forwards the augmented members (cross-entropy)
+    and the whole batch un-augmented (the MINT head's) in one pass; false, the augmented batch."""
+    module, batch = _module_and_batch(
+        digits, "dataset.augment=flip_crop", f"mint.clean_views={str(clean_views).lower()}"
+    )
+    seen = {}
+    module.backbone.register_forward_hook(lambda m, args, out: seen.update(backbone=args[0]))
+    module.mint_head.register_forward_hook(lambda m, args, out: seen.update(head=args[0][0]))
+    loss, grads = _step(module, batch)
+    assert torch.isfinite(loss) and all(grads[n] for n in grads if n.startswith("mint_head."))
+    clean = module.preprocess(batch["images"], train=False)
+    members = torch.nonzero(batch["role"] != ROLE_CODES["external"]).flatten()
+    forwarded = seen["backbone"]
+    if clean_views:
+        assert len(forwarded) == len(members) + len(clean)
+        assert torch.equal(forwarded[len(members) :], clean)  # the head's rows: clean
+        # the cross-entropy's: augmented views of the members (most moved by a flip or a shift)
+        moved = (forwarded[: len(members)] != clean[members]).flatten(1).any(1)
+        assert moved.float().mean() > 0.5
+        assert len(seen["head"]) == len(clean)
+    else:
+        assert len(forwarded) == len(clean) and not torch.equal(forwarded, clean)
+
+
 def test_passive_head_phase_keeps_the_backbone_frozen(digits):
     module, batch = _module_and_batch(digits, "mint=passive")
     module.set_phase("mint_head")
