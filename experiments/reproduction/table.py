@@ -320,7 +320,10 @@ def main() -> int:
         "paper's column is MNIST (Table 1): a different, easier data set, and accuracy at "
         "threshold 0.5 on its own protocol, so compare its MINT accuracy with our 'bal. acc "
         "@0.5' loosely. Recipes: `ours` = the run defaults (Adam lr 1e-3); `paper` = "
-        "`experiment=paper` (Adam lr 1e-4, the paper's head). Minutes are wall time on 2 CPU "
+        "`experiment=paper` (Adam lr 1e-4, the paper's head); `ours_aug`, `ours_stem` and "
+        "`ours_aug_clean`: `ours` with augmentation, the small stem, or both with the cosine "
+        "rate, 15 epochs and aMINT's head on the un-augmented images (`study.py`). Minutes are "
+        "wall time on 2 CPU "
         "cores shared with other jobs (load 2-10): compare rows with each other, loosely; a run "
         "resumed after an interruption counts every attempt's minutes.",
         "",
