@@ -33,6 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Callback
 from omegaconf import read_write
 
+from amint_pl.data.datamodule import external_count
 from amint_pl.data.splits import ROLE_CODES
 from amint_pl.errors import ConfigError
 
@@ -155,7 +156,7 @@ class ShardReport(Callback):
         self.batches += 1
         # Unbalanced: not the configured share of external samples (mint.external_per_member).
         share = float(getattr(trainer.datamodule, "external_per_member", 1.0))
-        self.unbalanced_batches += int(n_external != max(1, round(n_members * share)))
+        self.unbalanced_batches += int(n_external != external_count(n_members, share))
         pool, index = batch["pool"].cpu()[member], batch["index"].cpu()[member]
         self.member_keys.update(zip(pool.tolist(), index.tolist(), strict=True))
 

@@ -61,6 +61,7 @@ from amint_pl.data.datamodule import (
     IndexedSamples,
     MembershipDataModule,
     catalogue,
+    external_count,
 )
 from amint_pl.data.splits import (
     ROLE_CODES,
@@ -409,7 +410,7 @@ def lightning_run(
         total = time.perf_counter() - started
     # Images a step forwards: the members, and in `joint` the external samples beside them.
     half = settings.batch_size // 2
-    external = max(1, round(half * float(cfg["mint"]["external_per_member"])))
+    external = external_count(half, float(cfg["mint"]["external_per_member"]))
     per_step = half + external if module.phase == "joint" else half
     return Run(
         clock.stop[0] - clock.start[0],

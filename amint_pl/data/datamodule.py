@@ -129,6 +129,12 @@ class MemberOrder(Sampler[int]):
         return iter(self.order(self.epoch, self.rank).tolist())
 
 
+def external_count(members: int, external_per_member: float) -> int:
+    """External samples beside `members` members in a training batch: external_per_member times
+    as many, rounded, at least 1."""
+    return max(1, round(members * external_per_member))
+
+
 class BalancedBatchSampler(Sampler[list[int]]):
     """Each batch: batch_size/2 members and `external_per_member` times as many external samples
     (catalogue positions; 1.0, the default: as many, the paper's balance).
@@ -176,11 +182,10 @@ class BalancedBatchSampler(Sampler[list[int]]):
         return math.ceil(self.sampler.per_rank / self.half)
 
     def external_counts(self) -> list[int]:
-        """External samples in each of a rank's batches of an epoch: external_per_member times
-        the batch's members, rounded, at least 1."""
+        """External samples in each of a rank's batches of an epoch (`external_count`)."""
         members = self.sampler.per_rank
         return [
-            max(1, round(min(self.half, members - start) * self.external_per_member))
+            external_count(min(self.half, members - start), self.external_per_member)
             for start in range(0, members, self.half)
         ]
 
