@@ -18,7 +18,7 @@ Recipes (the `recipe` column):
 - `ours_stem`: `ours` with `model.small_stem=true` (a 3x3 stride-1 first conv: 4x the positions
   per stage).
 - `ours_aug_clean`: `ours` with the small stem, `dataset.augment=flip_crop`, the cosine rate
-  (`optim.schedule=cosine`) and 15 epochs; aMINT's head reads the batch un-augmented
+  (`optim.schedule=cosine`) and 15 or 25 epochs; aMINT's head reads the batch un-augmented
   (`mint.clean_views=true`).
 """
 
@@ -85,7 +85,9 @@ class Row:
 
     @property
     def key(self) -> tuple[str, ...]:
-        return (self.model, self.taps, self.mode, self.head, str(self.seed), self.recipe)
+        return (self.model, self.taps, self.mode, self.head, str(self.seed), self.recipe) + (
+            () if self.epochs == 10 else (f"{self.epochs}ep",)
+        )
 
     @property
     def name(self) -> str:
@@ -136,8 +138,9 @@ def plan() -> list[Row]:
     # Augmentation for the network, the clean images for the MINT head: more epochs, as flips and
     # shifts slow the fit.
     rows += [
-        Row("mobilenet", "-", "off", "-", 0, "ours_aug_clean", epochs=15),
-        Row("mobilenet", "middle", "active", "light", 0, "ours_aug_clean", epochs=15),
+        Row("mobilenet", mint_taps, mode, head, 0, "ours_aug_clean", epochs=epochs)
+        for epochs in (15, 25)
+        for mode, mint_taps, head in (("off", "-", "-"), ("active", "middle", "light"))
     ]
     for seed in (1, 2):
         rows += [
@@ -148,14 +151,18 @@ def plan() -> list[Row]:
     return rows
 
 
+def key_of(line: dict[str, str]) -> tuple[str, ...]:
+    """The key of the Row a CSV line records (epochs count only where they are not the budget's
+    10)."""
+    key = (line["model"], line["taps"], line["mode"], line["head"], line["seed"], line["recipe"])
+    return key + (() if line["epochs"] == "10" else (f"{line['epochs']}ep",))
+
+
 def done_keys(path: Path) -> set[tuple[str, ...]]:
     if not path.exists():
         return set()
     with path.open() as f:
-        return {
-            (r["model"], r["taps"], r["mode"], r["head"], r["seed"], r["recipe"])
-            for r in csv.DictReader(f)
-        }
+        return {key_of(r) for r in csv.DictReader(f)}
 
 
 def record(row: Row, run_dir: Path, wall_s: float) -> dict:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import ARCHITECTURES, CSV_PATH, plan  # noqa: E402
+from study import ARCHITECTURES, CSV_PATH, key_of, plan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "experiments" / "reference" / "paper_table1.csv"
@@ -193,7 +193,9 @@ def seeds(rows: list[dict[str, str]]) -> list[str]:
     configuration has more than one seed."""
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["model"], r["mode"], r["head"], r["taps"], r["recipe"])].append(r)
+        groups[
+            (r["model"], r["mode"], r["head"], r["taps"], r["recipe"], r["epochs"] + "ep")
+        ].append(r)
     lines = []
     for key, group in sorted(groups.items()):
         if len(group) < 2:
@@ -304,7 +306,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=CSV_PATH.with_suffix(".md"))
     args = parser.parse_args()
     rows = read_csv(args.csv) if args.csv.exists() else []
-    done = {(r["model"], r["taps"], r["mode"], r["head"], r["seed"], r["recipe"]) for r in rows}
+    done = {key_of(r) for r in rows}
     missing = [p for p in plan() if p.key not in done]
     dates = sorted({r["date"] for r in rows})
     title = "# Reproduction study: the paper's architectures on Fashion-MNIST"
@@ -322,7 +324,7 @@ def main() -> int:
         "@0.5' loosely. Recipes: `ours` = the run defaults (Adam lr 1e-3); `paper` = "
         "`experiment=paper` (Adam lr 1e-4, the paper's head); `ours_aug`, `ours_stem` and "
         "`ours_aug_clean`: `ours` with augmentation, the small stem, or both with the cosine "
-        "rate, 15 epochs and aMINT's head on the un-augmented images (`study.py`). Minutes are "
+        "rate, 15 or 25 epochs and aMINT's head on the un-augmented images (`study.py`). Minutes are "
         "wall time on 2 CPU "
         "cores shared with other jobs (load 2-10): compare rows with each other, loosely; a run "
         "resumed after an interruption counts every attempt's minutes.",
@@ -354,7 +356,10 @@ def main() -> int:
         out += over_seeds
     if missing:
         out += ["", f"## Not yet run ({len(missing)})", ""]
-        out += [f"- {p.model} {p.mode} {p.head} {p.taps} {p.recipe} seed {p.seed}" for p in missing]
+        out += [
+            f"- {p.model} {p.mode} {p.head} {p.taps} {p.recipe} seed {p.seed} ({p.epochs} epochs)"
+            for p in missing
+        ]
     args.out.write_text("\n".join(out) + "\n")
     plot(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and its plot ({len(rows)} runs, {len(missing)} still to run)")

@@ -40,16 +40,39 @@ def test_rows_to_run_skip_the_done_ones_and_keep_to_the_filters():
     ]
 
 
+def test_a_recorded_run_is_done_only_for_its_own_number_of_epochs(tmp_path):
+    short, long = [r for r in study.plan() if r.recipe == "ours_aug_clean" and r.mode == "off"]
+    assert (short.epochs, long.epochs) == (15, 25) and short.key != long.key
+    run_dir = tmp_path / long.name
+    run_dir.mkdir()
+    results = {
+        "epochs_trained": 25,
+        "audited": {"test_acc": 0.8, "train_acc": 0.82},
+        "membership": {"paper": {"loss": {"auc": 0.51}}},
+    }
+    (run_dir / "results.json").write_text(json.dumps(results))
+    line = study.record(long, run_dir, wall_s=60.0)
+    assert study.key_of({k: str(v) for k, v in line.items()}) == long.key
+    csv_path = tmp_path / "study.csv"
+    with csv_path.open("w", newline="") as f:
+        writer = study.csv.DictWriter(f, fieldnames=study.COLUMNS)
+        writer.writeheader()
+        writer.writerow(line)
+    todo = study.to_run(study.done_keys(csv_path), recipes=["ours_aug_clean"], modes=["off"])
+    assert todo == [short]
+
+
 def test_the_table_gives_mean_deviation_and_each_seed_of_a_configuration_run_more_than_once():
     def row(seed, acc, auc=""):
         key = {"model": "mobilenet", "mode": "active", "head": "light", "taps": "middle"}
         return {**key, "recipe": "ours", "seed": str(seed), "aud_test_acc": acc,
-                "mint_auc_paper": auc, "tpr1_paper": ""}  # fmt: skip
+                "mint_auc_paper": auc, "tpr1_paper": "", "epochs": "10"}  # fmt: skip
 
     once = {**row(0, "0.8"), "model": "vit"}
-    lines = table.seeds([row(1, "0.7411", "0.8451"), once, row(0, "0.7560", "0.8479")])
+    longer = {**row(2, "0.79"), "epochs": "25"}  # another configuration, not a third seed
+    lines = table.seeds([row(1, "0.7411", "0.8451"), once, longer, row(0, "0.7560", "0.8479")])
     assert lines == [
-        "- mobilenet active light middle ours (n = 2 seeds): "
+        "- mobilenet active light middle ours 10ep (n = 2 seeds): "
         "aud_test_acc 0.749 ± 0.011 (0.756, 0.741), mint_auc_paper 0.847 ± 0.002 (0.848, 0.845)"
     ]
 
