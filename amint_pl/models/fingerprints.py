@@ -49,6 +49,9 @@ SHARPNESS = 0.05
 # A fingerprint at least this similar to an entry of its label is that entry (the same image,
 # up to the float32 rounding of the bank).
 SAME = 1.0 - 1e-6
+# The test of a sample already in the bank takes, in float64, the entries whose float32 product
+# with it is within this of SAME (float32 rounds a product of unit vectors by well under it).
+CANDIDATE = 1e-4
 # Queries compared with the bank at a time (bounds the (queries, bank) similarity matrix).
 QUERY_CHUNK = 256
 # The precision of the reads' products with the bank: float32 is about 3x faster than float64 on
@@ -113,6 +116,8 @@ class FingerprintMemory(nn.Module):
         # The forwards of this step not yet written: (zero-valued probe, inputs).
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.writes = True
+        # (what it was built from, banks, class bounds): `sorted_banks`.
+        self._sorted: tuple | None = None
 
     # ------------------------------------------------------------------------------- geometry
     def fingerprint(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
@@ -143,22 +148,34 @@ class FingerprintMemory(nn.Module):
         return x if tuple(x.shape[-2:]) == self.side else F.adaptive_avg_pool2d(x, self.side)
 
     # --------------------------------------------------------------------------------- reading
+    def sorted_banks(
+        self, views: int = 1, dtype: torch.dtype = READ_DTYPE
+    ) -> tuple[list[torch.Tensor], list[int]]:
+        """The first `views` banks' entries grouped by label, as (d, n) matrices of `dtype`, and
+        where each class begins and ends among them. Kept until the banks change (a write, a
+        loaded checkpoint, a move to another device): training reads them at every step."""
+        n = int(self.count)
+        key = (n, views, dtype, self.prints.data_ptr(), self.prints._version, self.labels._version)
+        if self._sorted is None or self._sorted[0] != key:
+            order = torch.argsort(self.labels[:n], stable=True)
+            bounds = torch.searchsorted(
+                self.labels[:n][order], torch.arange(self.num_classes + 1, device=order.device)
+            ).tolist()
+            banks = [bank[:n][order].to(dtype).T.contiguous() for bank in self.prints[:views]]
+            self._sorted = (key, banks, bounds)
+        return self._sorted[1], self._sorted[2]
+
     def similarity(self, inputs: torch.Tensor, dtype: torch.dtype = READ_DTYPE) -> torch.Tensor:
         """(B, num_classes) each image's largest cosine similarity to a member of each class
         (-1 for a class with no member), over its reads: in training the image and its mirror;
         at evaluation every shift of every view, each also mirrored. `dtype`: of the products
         with the bank."""
-        n = int(self.count)
         best = inputs.new_full((len(inputs), self.num_classes), -1.0, dtype=torch.float64)
-        if n == 0:
+        if int(self.count) == 0:
             return best
-        order = torch.argsort(self.labels[:n], stable=True)
-        bounds = torch.searchsorted(
-            self.labels[:n][order], torch.arange(self.num_classes + 1, device=order.device)
-        ).tolist()
         views = self.views(inputs)[: 1 if self.training else None]
+        banks, bounds = self.sorted_banks(len(views), dtype)
         span = range(-self.query_shifts, self.query_shifts + 1) if not self.training else [0]
-        banks = [bank[:n][order].to(dtype).T for bank in self.prints[: len(views)]]
         for start in range(0, len(inputs), QUERY_CHUNK):
             # The largest similarity to each bank entry over the reads, then per class.
             nearest = None
@@ -166,9 +183,11 @@ class FingerprintMemory(nn.Module):
                 part = view[start : start + QUERY_CHUNK]
                 for dy in span:
                     for dx in span:
-                        for read in (part, part.flip(-1)):
-                            sims = self.fingerprint(read, dy, dx).to(dtype) @ bank
-                            nearest = sims if nearest is None else torch.maximum(nearest, sims)
+                        # The read and its mirror in one product.
+                        both = torch.cat([part, part.flip(-1)])
+                        sims = self.fingerprint(both, dy, dx).to(dtype) @ bank
+                        sims = torch.maximum(sims[: len(part)], sims[len(part) :])
+                        nearest = sims if nearest is None else torch.maximum(nearest, sims)
             for c in range(self.num_classes):
                 if bounds[c + 1] > bounds[c]:
                     top = nearest[:, bounds[c] : bounds[c + 1]].amax(1)
@@ -237,13 +256,11 @@ class FingerprintMemory(nn.Module):
         same_label = labels[:, None] == labels[None, :]
         twin = (plain @ plain.T >= SAME) & same_label
         new = ~torch.tril(twin, diagonal=-1).any(1)  # the first of each set of twins
-        n = int(self.count)
-        if n:
-            known = (plain @ self.prints[0, :n].double().T >= SAME) & (
-                labels[:, None] == self.labels[None, :n]
-            )
-            new &= ~known.any(1)
-        k = int(new.sum())
+        if int(self.count):
+            new &= ~self.known(plain, labels)
+        n, k = int(self.count), int(new.sum())
+        if k == 0:
+            return
         if n + k > self.capacity:
             raise RuntimeError(
                 f"the fingerprint bank is full ({self.capacity} members): set "
@@ -252,6 +269,26 @@ class FingerprintMemory(nn.Module):
         self.prints[:, n : n + k] = prints[:, new].to(self.prints.dtype)
         self.labels[n : n + k] = labels[new]
         self.count.fill_(n + k)
+
+    def known(self, plain: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(k,) whether each (k, d) float64 fingerprint is in the bank with its label: at least
+        SAME similar to an entry of its label, in float64. Each is compared with its own class
+        alone, in float32 first; only the entries within CANDIDATE of SAME are compared again."""
+        banks, bounds = self.sorted_banks()
+        found = torch.zeros(len(plain), dtype=torch.bool, device=plain.device)
+        for c in labels.unique().tolist():
+            if not 0 <= c < self.num_classes or bounds[c + 1] == bounds[c]:
+                continue
+            rows = (labels == c).nonzero().flatten()
+            near = (
+                plain[rows].float() @ banks[0][:, bounds[c] : bounds[c + 1]]
+            ) >= SAME - CANDIDATE
+            row, entry = near.nonzero(as_tuple=True)
+            if len(row):
+                exact = banks[0][:, bounds[c] + entry].T.double()
+                same = (plain[rows[row]] * exact).sum(1) >= SAME
+                found[rows[row[same]]] = True
+        return found
 
     def occupancy(self) -> float:
         """The share of the bank's capacity that members fill."""

@@ -122,6 +122,25 @@ def test_the_bank_survives_a_checkpoint_round_trip():
         memory_from_config(SETTINGS, (1, 28, 28), 10, members=31).load_state_dict(state)
 
 
+def test_a_bank_replaced_in_place_is_read_anew():
+    """The banks sorted by class are kept between reads; a checkpoint loaded into the same
+    memory (the same count, the same buffers) must not be answered from the old ones."""
+    images, labels = _images(40, 3), torch.randint(0, 10, (40,))
+    first, second = (memory_from_config(SETTINGS, (1, 28, 28), 10, members=20) for _ in range(2))
+    for memory, rows in ((first, slice(0, 20)), (second, slice(20, 40))):
+        memory.train()
+        F.cross_entropy(memory.logit_share(memory(images[rows])), labels[rows]).backward()
+        memory.write()
+        memory.eval()
+    with torch.no_grad():
+        before = first(images)
+        first.load_state_dict(second.state_dict())
+        after = first(images)
+        assert torch.equal(after, second(images)) and not torch.equal(after, before)
+    margins = memory_margin(after, labels)
+    assert float(margins[20:].min()) > 0.1 > float(margins[:20].max())
+
+
 def test_fingerprint_settings_are_checked_in_one_line():
     memory = memory_from_config({"record": "fingerprint", "bands": 0}, (1, 28, 28), 10, 7)
     assert isinstance(memory, FingerprintMemory) and memory.capacity == 7  # whatever bands says
