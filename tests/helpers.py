@@ -114,6 +114,8 @@ def run_main(
             entry()
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            if exit_.code is not None and not isinstance(exit_.code, int):
+                print(exit_.code, file=sys.stderr)  # as the interpreter prints it on exit
         except Exception:
             traceback.print_exc()
             code = 1

@@ -116,8 +116,8 @@ class FingerprintMemory(nn.Module):
         # The forwards of this step not yet written: (zero-valued probe, inputs).
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.writes = True
-        # (what it was built from, banks, class bounds): `sorted_banks`.
-        self._sorted: tuple | None = None
+        # The members' fingerprints grouped by class, for the reads: `class_banks`.
+        self._by_class: dict | None = None
 
     # ------------------------------------------------------------------------------- geometry
     def fingerprint(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
@@ -148,22 +148,57 @@ class FingerprintMemory(nn.Module):
         return x if tuple(x.shape[-2:]) == self.side else F.adaptive_avg_pool2d(x, self.side)
 
     # --------------------------------------------------------------------------------- reading
-    def sorted_banks(
+    def _bank_state(self) -> tuple:
+        """What the class banks were built from: a write, a loaded checkpoint or a move to another
+        device changes it."""
+        return (int(self.count), self.prints.data_ptr(), self.prints._version, self.labels._version)
+
+    def class_banks(
         self, views: int = 1, dtype: torch.dtype = READ_DTYPE
-    ) -> tuple[list[torch.Tensor], list[int]]:
-        """The first `views` banks' entries grouped by label, as (d, n) matrices of `dtype`, and
-        where each class begins and ends among them. Kept until the banks change (a write, a
-        loaded checkpoint, a move to another device): training reads them at every step."""
-        n = int(self.count)
-        key = (n, views, dtype, self.prints.data_ptr(), self.prints._version, self.labels._version)
-        if self._sorted is None or self._sorted[0] != key:
-            order = torch.argsort(self.labels[:n], stable=True)
-            bounds = torch.searchsorted(
-                self.labels[:n][order], torch.arange(self.num_classes + 1, device=order.device)
-            ).tolist()
-            banks = [bank[:n][order].to(dtype).T.contiguous() for bank in self.prints[:views]]
-            self._sorted = (key, banks, bounds)
-        return self._sorted[1], self._sorted[2]
+    ) -> list[list[torch.Tensor]]:
+        """Per view (the first `views` banks), per class, the (n_c, d) fingerprints of that
+        class's members in `dtype`. Kept between reads and extended by `add` (training reads them
+        at every step, and writes at every step of its first epoch); built anew when the banks
+        changed otherwise (a loaded checkpoint, a move to another device)."""
+        cache = self._by_class
+        if cache is None or cache["state"] != self._bank_state():
+            labels = self.labels[: int(self.count)]
+            sizes = [int((labels == c).sum()) for c in range(self.num_classes)]
+            cache = self._by_class = {"state": self._bank_state(), "sizes": sizes, "blocks": {}}
+        blocks = cache["blocks"].get(dtype)
+        if blocks is None or len(blocks) < views:
+            n = int(self.count)
+            labels = self.labels[:n]
+            blocks = [
+                [bank[:n][labels == c].to(dtype) for c in range(self.num_classes)]
+                for bank in self.prints[:views]
+            ]
+            cache["blocks"][dtype] = blocks
+        return [
+            [block[:size] for block, size in zip(per_class, cache["sizes"], strict=True)]
+            for per_class in blocks[:views]
+        ]
+
+    def _extend_class_banks(self, prints: torch.Tensor, labels: torch.Tensor) -> None:
+        """Append (views, k, d) fingerprints just added to the banks, with their labels (k,), to
+        the class banks of every precision kept, each class's block grown by doubling."""
+        cache = self._by_class
+        sizes = list(cache["sizes"])
+        for c in labels.unique().tolist():
+            if not 0 <= c < self.num_classes:
+                continue
+            rows = labels == c
+            size, k = cache["sizes"][c], int(rows.sum())
+            for dtype, blocks in cache["blocks"].items():
+                for per_class, view in zip(blocks, prints, strict=False):
+                    block = per_class[c]
+                    if size + k > len(block):
+                        grown = block.new_empty((max(2 * len(block), size + k), block.shape[1]))
+                        grown[:size] = block[:size]
+                        per_class[c] = block = grown
+                    block[size : size + k] = view[rows].to(dtype)
+            sizes[c] = size + k
+        cache["sizes"] = sizes
 
     def similarity(self, inputs: torch.Tensor, dtype: torch.dtype = READ_DTYPE) -> torch.Tensor:
         """(B, num_classes) each image's largest cosine similarity to a member of each class
@@ -174,24 +209,23 @@ class FingerprintMemory(nn.Module):
         if int(self.count) == 0:
             return best
         views = self.views(inputs)[: 1 if self.training else None]
-        banks, bounds = self.sorted_banks(len(views), dtype)
+        banks = self.class_banks(len(views), dtype)
+        classes = [c for c, block in enumerate(banks[0]) if len(block)]
         span = range(-self.query_shifts, self.query_shifts + 1) if not self.training else [0]
         for start in range(0, len(inputs), QUERY_CHUNK):
-            # The largest similarity to each bank entry over the reads, then per class.
-            nearest = None
-            for bank, view in zip(banks, views, strict=True):
-                part = view[start : start + QUERY_CHUNK]
+            stop = min(start + QUERY_CHUNK, len(inputs))
+            nearest = best.new_full((stop - start, self.num_classes), -2.0, dtype=dtype)
+            for per_class, view in zip(banks, views, strict=True):
+                part = view[start:stop]
                 for dy in span:
                     for dx in span:
-                        # The read and its mirror in one product.
-                        both = torch.cat([part, part.flip(-1)])
-                        sims = self.fingerprint(both, dy, dx).to(dtype) @ bank
-                        sims = torch.maximum(sims[: len(part)], sims[len(part) :])
-                        nearest = sims if nearest is None else torch.maximum(nearest, sims)
-            for c in range(self.num_classes):
-                if bounds[c + 1] > bounds[c]:
-                    top = nearest[:, bounds[c] : bounds[c + 1]].amax(1)
-                    best[start : start + QUERY_CHUNK, c] = top.double()
+                        # The read and its mirror in one product with each class's members.
+                        both = self.fingerprint(torch.cat([part, part.flip(-1)]), dy, dx).to(dtype)
+                        for c in classes:
+                            top = (both @ per_class[c].T).amax(1)
+                            top = torch.maximum(top[: len(part)], top[len(part) :])
+                            nearest[:, c] = torch.maximum(nearest[:, c], top)
+            best[start:stop, classes] = nearest[:, classes].double()
         return best
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -266,27 +300,29 @@ class FingerprintMemory(nn.Module):
                 f"the fingerprint bank is full ({self.capacity} members): set "
                 f"mint.memory.capacity to at least the number of members trained on"
             )
-        self.prints[:, n : n + k] = prints[:, new].to(self.prints.dtype)
-        self.labels[n : n + k] = labels[new]
+        extend = self._by_class is not None and self._by_class["state"] == self._bank_state()
+        added, labels = prints[:, new].to(self.prints.dtype), labels[new]
+        self.prints[:, n : n + k] = added
+        self.labels[n : n + k] = labels
         self.count.fill_(n + k)
+        if extend:
+            self._extend_class_banks(added, labels)
+            self._by_class["state"] = self._bank_state()
 
     def known(self, plain: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(k,) whether each (k, d) float64 fingerprint is in the bank with its label: at least
         SAME similar to an entry of its label, in float64. Each is compared with its own class
         alone, in float32 first; only the entries within CANDIDATE of SAME are compared again."""
-        banks, bounds = self.sorted_banks()
+        banks = self.class_banks()[0]
         found = torch.zeros(len(plain), dtype=torch.bool, device=plain.device)
         for c in labels.unique().tolist():
-            if not 0 <= c < self.num_classes or bounds[c + 1] == bounds[c]:
+            if not 0 <= c < self.num_classes or not len(banks[c]):
                 continue
             rows = (labels == c).nonzero().flatten()
-            near = (
-                plain[rows].float() @ banks[0][:, bounds[c] : bounds[c + 1]]
-            ) >= SAME - CANDIDATE
+            near = (plain[rows].to(banks[c].dtype) @ banks[c].T) >= SAME - CANDIDATE
             row, entry = near.nonzero(as_tuple=True)
             if len(row):
-                exact = banks[0][:, bounds[c] + entry].T.double()
-                same = (plain[rows[row]] * exact).sum(1) >= SAME
+                same = (plain[rows[row]] * banks[c][entry].double()).sum(1) >= SAME
                 found[rows[row[same]]] = True
         return found
 

@@ -174,6 +174,24 @@ def test_fingerprints_find_members_cropped_and_re_encoded(tmp_path):
     assert float(rows["crop90"]["auc"]) >= 0.99 and float(rows["jpeg75"]["auc"]) >= 0.99
 
 
+@pytest.mark.skipif(
+    not Path(FASHION_MNIST).is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_the_fingerprint_step_bench_times_two_checkouts_on_the_same_steps(tmp_path):
+    """`fingerprint_step.py` against a checkout (here this one): both memories run the same
+    steps, give the same evidence and bank, and the table says so; a path that is no checkout
+    is refused in one line."""
+    out = tmp_path / "step.md"
+    args = ("--members", "300", "--batch", "16", "--steps", "3", "--root", FASHION_MNIST)
+    proc = run_main("fingerprint_step", *args, "--against", str(REPO), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert "the same bit for bit" in text and "| this checkout |" in text
+    assert "300 members in the bank at the start" in text
+    proc = run_main("fingerprint_step", *args, "--against", str(tmp_path))
+    assert proc.returncode != 0 and "give the root of an amint_pl checkout" in proc.stderr
+
+
 def test_the_robustness_plot_takes_equal_seeds_whose_mean_rounds_past_them(tmp_path):
     """Three seeds of the same value, whose mean rounds above it: no negative error bar."""
     import robustness

@@ -237,3 +237,29 @@ def test_the_audited_models_class_logits_are_the_networks():
         logits, _, evidence = module.audited(images)
         assert torch.equal(logits, module.backbone(images)[0])
     assert float(memory_margin(evidence, labels).min()) > 0.1
+
+
+def test_the_class_banks_grown_step_by_step_equal_those_built_at_once():
+    """The reads group the members by class once and extend the groups as training writes; over
+    steps that add to every class (and grow each block past its first size) they hold what
+    grouping the whole bank afresh gives, and read the same."""
+    images, labels = _images(96, 4), torch.randint(0, 4, (96,))
+    memory = memory_from_config(SETTINGS, (1, 28, 28), 4, members=96)
+    memory.train()
+    for step in range(6):  # a read before each write: the groups exist and are extended
+        rows = slice(16 * step, 16 * (step + 1))
+        F.cross_entropy(memory.logit_share(memory(images[rows])), labels[rows]).backward()
+        memory.write()
+        grown = memory.class_banks(2)  # the zoomed-out bank too, as evaluation reads it
+        assert [len(block) for block in grown[0]] == torch.bincount(
+            labels[: 16 * (step + 1)], minlength=4
+        ).tolist()
+    fresh = memory_from_config(SETTINGS, (1, 28, 28), 4, members=96)
+    fresh.load_state_dict(memory.state_dict())
+    for grown_view, fresh_view in zip(memory.class_banks(2), fresh.class_banks(2), strict=True):
+        for grown_block, fresh_block in zip(grown_view, fresh_view, strict=True):
+            assert torch.equal(grown_block, fresh_block)
+    memory.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(memory(images), fresh(images))
+    assert float(memory_margin(memory(images), labels).min()) > 0.1
