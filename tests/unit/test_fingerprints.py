@@ -123,7 +123,7 @@ def test_the_bank_survives_a_checkpoint_round_trip():
 
 
 def test_a_bank_replaced_in_place_is_read_anew():
-    """The banks sorted by class are kept between reads; a checkpoint loaded into the same
+    """The members grouped by class are kept between reads; a checkpoint loaded into the same
     memory (the same count, the same buffers) must not be answered from the old ones."""
     images, labels = _images(40, 3), torch.randint(0, 10, (40,))
     first, second = (memory_from_config(SETTINGS, (1, 28, 28), 10, members=20) for _ in range(2))
