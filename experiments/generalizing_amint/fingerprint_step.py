@@ -12,7 +12,7 @@ the same bank bit for bit (its module imports the rest of amint_pl from this che
 Printed and appended to --out (Markdown): milliseconds a step each way
 (medians after the first step) and their ratio.
 
-    git worktree add /tmp/before <commit>
+    git worktree add /tmp/before 6bb475b~1   # the code before the class groups were kept
     OMP_NUM_THREADS=1 python experiments/generalizing_amint/fingerprint_step.py \\
         --members 21000 --channels 3 --size 32 --against /tmp/before \\
         --out experiments/results/generalizing/fingerprint_step.md
