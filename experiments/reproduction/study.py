@@ -149,7 +149,11 @@ def plan() -> list[Row]:
     # The ViT under-fits in 10 epochs: does a longer, decaying rate take it past 0.80?
     rows += [
         Row("vit", mint_taps, mode, head, 0, "ours_cos", epochs=20)
-        for mode, mint_taps, head in (("off", "-", "-"), ("active", "middle", "light"))
+        for mode, mint_taps, head in (
+            ("off", "-", "-"),
+            ("active", "middle", "light"),
+            ("passive", "middle", "light"),
+        )
     ]
     for seed in (1, 2):
         rows += [

@@ -106,11 +106,11 @@ def test_the_plot_draws_the_runs_done_and_leaves_the_rest_out(tmp_path):
 
 
 def test_the_targets_judge_every_recipe_run_both_with_and_without_amint():
-    def row(mode, acc, recipe="ours", epochs="10", seed="0", model="mobilenet"):
+    def row(mode, acc, recipe="ours", epochs="10", seed="0", model="mobilenet", auc="0.92"):
         taps, head = ("-", "-") if mode == "off" else ("middle", "light")
         return {"model": model, "mode": mode, "taps": taps, "head": head, "seed": seed,
                 "recipe": recipe, "epochs": epochs, "aud_test_acc": acc,
-                "mint_auc_paper": "" if mode == "off" else "0.92", "mint_auc_paper_ci": "",
+                "mint_auc_paper": "" if mode == "off" else auc, "mint_auc_paper_ci": "",
                 "loss_auc_paper": "0.51"}  # fmt: skip
 
     rows = [
@@ -122,10 +122,17 @@ def test_the_targets_judge_every_recipe_run_both_with_and_without_amint():
         row("active", "0.99", "ours_cos", "20", seed="1"),  # seed 0 only
         row("off", "0.81", "ours_cos", "20"),
         row("active", "0.785", "ours_cos", "20"),  # 2.5 points below
+        row("passive", "0.81", "ours_cos", "20", auc="0.64"),  # aMINT's 0.92 beats it
     ]
     lines = table.targets(rows)[2:]
     assert [line.split(" | ")[:5] for line in lines] == [
         ["| mobilenet", "ours, 10 epochs", "0.766", "0.756", "**no**"],
         ["| mobilenet", "ours_aug_clean, 25 epochs", "0.821", "0.803", "yes"],
         ["| mobilenet", "ours_cos, 20 epochs", "0.810", "0.785", "**no**"],
+    ]
+    # The passive head and the verdict where one was trained at the recipe, "-" elsewhere.
+    assert [line.split(" | ")[6:] for line in lines] == [
+        ["-", "0.510", "- |"],
+        ["-", "0.510", "- |"],
+        ["0.640", "0.510", "yes |"],
     ]
