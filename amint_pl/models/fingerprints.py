@@ -28,10 +28,18 @@ training the network after one epoch.
 
 The banks are buffers of a fixed `capacity` (`auto`: the members the model trains on), saved in
 checkpoints with their labels and count.
+
+The reads are kept: per read mode (training, evaluation) and per image (keyed by two random
+projections of its pixels), its largest similarity per class and the class sizes it was read
+against. The banks only grow between reads, so an image read again is compared only with the
+members written since (none from a run's third epoch on: every member is in the bank after the
+first, and the same images come back each epoch). The answer is that of a read of the whole bank,
+the same products computed in blocks of other sizes (float32 may round them apart by an ulp).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +62,9 @@ SAME = 1.0 - 1e-6
 CANDIDATE = 1e-4
 # Queries compared with the bank at a time (bounds the (queries, bank) similarity matrix).
 QUERY_CHUNK = 256
+# The reads kept per read mode: at most this many images, or 4x the capacity if more; past it
+# they are all forgotten (an augmented run meets new images every epoch).
+KEPT_READS = 1 << 17
 # The precision of the reads' products with the bank: float32 is about 3x faster than float64 on
 # one CPU core and moves the evidence by < 1e-3 (its rounding, ~1e-7, is well under FLOOR). The
 # fingerprints themselves and the test of a sample already in the bank (SAME) use float64.
@@ -118,6 +129,17 @@ class FingerprintMemory(nn.Module):
         self.writes = True
         # The members' fingerprints grouped by class, for the reads: `class_banks`.
         self._by_class: dict | None = None
+        # The reads kept: (training, dtype) -> {image key: (largest similarity per class as
+        # float64 numpy, the class sizes it was read against)}; emptied when the class banks are
+        # built anew.
+        self._reads: dict[tuple[bool, torch.dtype], dict] = {}
+        self._key_weights: torch.Tensor | None = None
+        # (image key, label) of the images written (or found in the bank) so far; emptied with
+        # the reads.
+        self._written: set[tuple[tuple[float, float], int]] = set()
+        # Images read so far, by how: "kept" (answered from a kept read alone), "grown" (compared
+        # with the members written since their kept read), "new" (with the whole bank).
+        self.read_counts = {"kept": 0, "grown": 0, "new": 0}
 
     # ------------------------------------------------------------------------------- geometry
     def fingerprint(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
@@ -128,11 +150,11 @@ class FingerprintMemory(nn.Module):
         x = x.flatten(1)
         return F.normalize(x - x.mean(1, keepdim=True), dim=1)
 
-    def views(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+    def views(self, inputs: torch.Tensor, zooms: bool = True) -> list[torch.Tensor]:
         """The views a query is read in, one per bank: the image as given (pooled to the
-        fingerprint's side, float64), then zoomed out to each share."""
+        fingerprint's side, float64), then (with `zooms`) zoomed out to each share."""
         x = self._pooled(inputs)
-        return [x, *(zoomed_out(x, share) for share in self.query_zooms)]
+        return [x, *(zoomed_out(x, share) for share in self.query_zooms if zooms)]
 
     def member_prints(self, inputs: torch.Tensor) -> torch.Tensor:
         """(views, B, d) what the banks keep of members: the image's fingerprint, then per zoom
@@ -165,6 +187,8 @@ class FingerprintMemory(nn.Module):
             labels = self.labels[: int(self.count)]
             sizes = [int((labels == c).sum()) for c in range(self.num_classes)]
             cache = self._by_class = {"state": self._bank_state(), "sizes": sizes, "blocks": {}}
+            self._reads.clear()  # read against blocks that may not be these ones' first rows
+            self._written.clear()
         blocks = cache["blocks"].get(dtype)
         if blocks is None or len(blocks) < views:
             n = int(self.count)
@@ -200,20 +224,73 @@ class FingerprintMemory(nn.Module):
             sizes[c] = size + k
         cache["sizes"] = sizes
 
-    def similarity(self, inputs: torch.Tensor, dtype: torch.dtype = READ_DTYPE) -> torch.Tensor:
+    def similarity(
+        self, inputs: torch.Tensor, dtype: torch.dtype = READ_DTYPE, reuse: bool = True
+    ) -> torch.Tensor:
         """(B, num_classes) each image's largest cosine similarity to a member of each class
         (-1 for a class with no member), over its reads: in training the image and its mirror;
         at evaluation every shift of every view, each also mirrored. `dtype`: of the products
-        with the bank."""
+        with the bank. `reuse`: an image read before in this mode is compared only with the
+        members written since (the same answer, up to float32's rounding); False reads every
+        image against the whole bank and keeps nothing."""
         best = inputs.new_full((len(inputs), self.num_classes), -1.0, dtype=torch.float64)
-        if int(self.count) == 0:
-            return best
-        views = self.views(inputs)[: 1 if self.training else None]
+        views = self.views(inputs, zooms=not self.training)
         banks = self.class_banks(len(views), dtype)
-        classes = [c for c, block in enumerate(banks[0]) if len(block)]
+        if not reuse:
+            best[:] = self._nearest(views, banks, [0] * self.num_classes)
+            return best
+        sizes = tuple(self._by_class["sizes"])
+        reads = self._reads.setdefault((self.training, dtype), {})
+        keys = self.read_keys(inputs)
+        kept = [reads.get(key) for key in keys]
+        new = [i for i, read in enumerate(kept) if read is None]
+        grown = [i for i, read in enumerate(kept) if read is not None and read[1] != sizes]
+        same = [i for i, read in enumerate(kept) if read is not None and read[1] == sizes]
+        if same:
+            best[same] = torch.from_numpy(np.stack([kept[i][0] for i in same])).to(best.device)
+        if new:
+            best[new] = self._nearest([v[new] for v in views], banks, [0] * self.num_classes)
+        if grown:
+            # Each read is compared from the smallest size any of them saw: the members between
+            # it and a read's own size are already in that read's answer, and change no maximum.
+            since = [min(kept[i][1][c] for i in grown) for c in range(self.num_classes)]
+            before = torch.from_numpy(np.stack([kept[i][0] for i in grown])).to(best.device)
+            written = self._nearest([v[grown] for v in views], banks, since)
+            best[grown] = torch.maximum(before, written)
+        for how, rows in (("kept", same), ("grown", grown), ("new", new)):
+            self.read_counts[how] += len(rows)
+        if len(reads) + len(new) > max(KEPT_READS, 4 * self.capacity):
+            reads.clear()
+        answers = best.cpu().numpy()
+        for i in new + grown:
+            reads[keys[i]] = (answers[i].copy(), sizes)
+        return best
+
+    def read_keys(self, inputs: torch.Tensor) -> list[tuple[float, float]]:
+        """Per image, two random projections of its pixels in float64: images that differ in any
+        pixel get different keys (short of a coincidence of measure zero)."""
+        flat = inputs.detach().flatten(1).double()
+        weights = self._key_weights
+        if weights is None or weights.shape[0] != flat.shape[1] or weights.device != flat.device:
+            generator = torch.Generator().manual_seed(0)
+            weights = torch.randn(flat.shape[1], 2, generator=generator, dtype=torch.float64)
+            weights = self._key_weights = weights.to(flat.device)
+        return [tuple(row) for row in (flat @ weights).tolist()]
+
+    def _nearest(
+        self, views: list[torch.Tensor], banks: list[list[torch.Tensor]], since: list[int]
+    ) -> torch.Tensor:
+        """(B, num_classes) float64: the largest similarity of the views' reads to the members of
+        each class from its `since`-th on (-1 where there is none)."""
+        batch = len(views[0])
+        best = views[0].new_full((batch, self.num_classes), -1.0, dtype=torch.float64)
+        classes = [c for c, block in enumerate(banks[0]) if len(block) > since[c]]
+        if not classes:
+            return best
+        dtype = banks[0][classes[0]].dtype
         span = range(-self.query_shifts, self.query_shifts + 1) if not self.training else [0]
-        for start in range(0, len(inputs), QUERY_CHUNK):
-            stop = min(start + QUERY_CHUNK, len(inputs))
+        for start in range(0, batch, QUERY_CHUNK):
+            stop = min(start + QUERY_CHUNK, batch)
             nearest = best.new_full((stop - start, self.num_classes), -2.0, dtype=dtype)
             for per_class, view in zip(banks, views, strict=True):
                 part = view[start:stop]
@@ -222,7 +299,7 @@ class FingerprintMemory(nn.Module):
                         # The read and its mirror in one product with each class's members.
                         both = self.fingerprint(torch.cat([part, part.flip(-1)]), dy, dx).to(dtype)
                         for c in classes:
-                            top = (both @ per_class[c].T).amax(1)
+                            top = (both @ per_class[c][since[c] :].T).amax(1)
                             top = torch.maximum(top[: len(part)], top[len(part) :])
                             nearest[:, c] = torch.maximum(nearest[:, c], top)
             best[start:stop, classes] = nearest[:, classes].double()
@@ -270,8 +347,18 @@ class FingerprintMemory(nn.Module):
             labels.append(probe.grad[reached].argmin(1))
         device = self.labels.device
         if inputs:
-            prints = self.member_prints(torch.cat(inputs).to(device))
-            labels = torch.cat(labels).to(device)
+            inputs, labels = torch.cat(inputs).to(device), torch.cat(labels).to(device)
+            # An image written before with its label is in the bank: only the others are
+            # fingerprinted and tested against it (the bank is read first: a loaded checkpoint
+            # forgets what was written before it).
+            self.class_banks()
+            pairs = list(zip(self.read_keys(inputs), labels.tolist(), strict=True))
+            unwritten = [i for i, pair in enumerate(pairs) if pair not in self._written]
+            inputs, labels = inputs[unwritten], labels[unwritten]
+            prints = self.member_prints(inputs)
+            if len(self._written) + len(unwritten) > max(KEPT_READS, 4 * self.capacity):
+                self._written.clear()
+            self._written.update(pairs[i] for i in unwritten)
         else:
             prints = torch.zeros(len(self.prints), 0, self.prints.shape[-1], device=device)
             prints = prints.double()

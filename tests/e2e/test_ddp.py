@@ -147,9 +147,9 @@ def test_the_memory_writes_every_processs_rows_into_every_processs_table(tmp_pat
             assert tables[1 - rank][row].abs().sum() > 0
 
 
-def _write_fingerprints_in_rank(rank, world, init_file, batches, out):
-    """One DDP process: its own batch through a fingerprint memory, the cross-entropy of its first
-    rows, backward, `write`."""
+def _write_fingerprints_in_rank(rank, world, init_file, steps, out):
+    """One DDP process: per step its own batch through a fingerprint memory, the cross-entropy
+    of its first rows, backward, `write`; the bank saved after each step."""
     import torch
     import torch.distributed as dist
     import torch.nn.functional as F
@@ -160,18 +160,21 @@ def _write_fingerprints_in_rank(rank, world, init_file, batches, out):
     try:
         memory = memory_from_config({"record": "fingerprint"}, (1, 16, 16), 10, members=16)
         memory.train()
-        images, labels, trained = batches[rank]
-        logits = memory.logit_share(memory(images))
-        F.cross_entropy(logits[:trained], labels[:trained], reduction="sum").backward()
-        memory.write()
-        torch.save(memory.state_dict(), out / f"bank-{rank}.pt")
+        for step, batches in enumerate(steps):
+            images, labels, trained = batches[rank]
+            logits = memory.logit_share(memory(images))
+            F.cross_entropy(logits[:trained], labels[:trained], reduction="sum").backward()
+            memory.write()
+            torch.save(memory.state_dict(), out / f"bank-{rank}-{step}.pt")
     finally:
         dist.destroy_process_group()
 
 
 def test_the_fingerprints_of_every_processs_trained_samples_reach_every_processs_bank(tmp_path):
     """Under DDP each process adds the samples every process's cross-entropy trained (and only
-    those), each once: both banks end equal to the bank one process writes from both batches."""
+    those), each once: both banks end equal to the bank one process writes from both batches.
+    In a second step each process meets samples it wrote itself and samples the other one
+    wrote: nothing is added twice, and the new ones reach both banks."""
     import torch
     import torch.multiprocessing as mp
     import torch.nn.functional as F
@@ -188,16 +191,26 @@ def test_the_fingerprints_of_every_processs_trained_samples_reach_every_processs
         (images[:6], labels[:6], 5),
         (torch.cat([images[[0, 1]], images[6:10]]), labels[[0, 1, 6, 7, 8, 9]], 5),
     ]
+    # Then rank 0: one of its own, two of rank 1's, one new; rank 1: two of rank 0's, one new.
+    again = [
+        (images[[2, 7, 8, 10]], labels[[2, 7, 8, 10]], 4),
+        (images[[3, 4, 11]], labels[[3, 4, 11]], 3),
+    ]
     mp.spawn(
         _write_fingerprints_in_rank,
-        args=(2, tmp_path / "init", batches, tmp_path),
+        args=(2, tmp_path / "init", [batches, again], tmp_path),
         nprocs=2,
         join=True,
     )
-    banks = [torch.load(tmp_path / f"bank-{rank}.pt") for rank in range(2)]
+    banks = [torch.load(tmp_path / f"bank-{rank}-0.pt") for rank in range(2)]
     assert all(torch.equal(banks[0][key], banks[1][key]) for key in banks[0])
     assert int(banks[0]["count"]) == 8  # rank 0's 5, rank 1's 3 new ones
     assert torch.equal(banks[0]["labels"][:8], labels[[0, 1, 2, 3, 4, 6, 7, 8]])
+    later = [torch.load(tmp_path / f"bank-{rank}-1.pt") for rank in range(2)]
+    assert all(torch.equal(later[0][key], later[1][key]) for key in later[0])
+    assert int(later[0]["count"]) == 10
+    assert torch.equal(later[0]["labels"][:10], labels[[0, 1, 2, 3, 4, 6, 7, 8, 10, 11]])
+    assert torch.equal(later[0]["prints"][:, :8], banks[0]["prints"][:, :8])
 
     one = memory_from_config({"record": "fingerprint"}, (1, 16, 16), 10, members=16)
     one.train()

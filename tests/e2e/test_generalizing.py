@@ -1,6 +1,7 @@
 """The generalizing-aMINT preset in a tiny real run: its memory trains, and the audit rebuilds it."""
 
 import csv
+import re
 import sys
 from pathlib import Path
 
@@ -179,16 +180,22 @@ def test_fingerprints_find_members_cropped_and_re_encoded(tmp_path):
 )
 def test_the_fingerprint_step_bench_times_two_checkouts_on_the_same_steps(tmp_path):
     """`fingerprint_step.py` against a checkout (here this one): both memories run the same
-    steps, give the same evidence and bank, and the table says so; a path that is no checkout
-    is refused in one line."""
+    steps (against a filled bank, then over epochs from an empty one), write the same bank and
+    read the same evidence, and the tables say so; a path that is no checkout is refused in one
+    line."""
     out = tmp_path / "step.md"
-    args = ("--members", "300", "--batch", "16", "--steps", "3", "--root", FASHION_MNIST)
-    proc = run_main("fingerprint_step", *args, "--against", str(REPO), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = out.read_text()
-    assert "the same bit for bit" in text and "| this checkout |" in text
-    assert "300 members in the bank at the start" in text
-    proc = run_main("fingerprint_step", *args, "--against", str(tmp_path))
+    args = ("--members", "300", "--batch", "16", "--root", FASHION_MNIST)
+    for mode in (("--steps", "3"), ("--epochs", "2")):
+        proc = run_main("fingerprint_step", *args, *mode, "--against", str(REPO), "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    first, second = out.read_text().split("\n## ")
+    assert "300 members in the bank at the start" in first and "| this checkout |" in first
+    assert "An empty bank at the start (300 members at the end)" in second
+    assert len(re.findall(r"^\| [12] \| .* \| \d+\.\d+x \|$", second, re.M)) == 2
+    for part in (first, second):
+        assert "the banks the same bit for bit" in part
+        assert float(re.search(r"differs by at most (\S+)\.$", part, re.M)[1]) == 0.0
+    proc = run_main("fingerprint_step", *args, "--steps", "3", "--against", str(tmp_path))
     assert proc.returncode != 0 and "give the root of an amint_pl checkout" in proc.stderr
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from amint_pl.errors import ConfigError
 from amint_pl.evaluation.metrics import auc
-from amint_pl.models.fingerprints import SAME, FingerprintMemory
+from amint_pl.models.fingerprints import SAME, FingerprintMemory, sharpened
 from amint_pl.models.memory import MembershipMemory, memory_from_config, memory_margin
 from tests.helpers import REPO
 
@@ -263,3 +263,66 @@ def test_the_class_banks_grown_step_by_step_equal_those_built_at_once():
     with torch.no_grad():
         assert torch.equal(memory(images), fresh(images))
     assert float(memory_margin(memory(images), labels).min()) > 0.1
+
+
+def test_reads_kept_over_epochs_answer_as_the_whole_bank_and_spare_the_members_later():
+    """Training reads each member before the step writes it, so its kept read lacks itself and
+    the members written after it: over three epochs of members and new external images, every
+    answer equals a read of the whole bank; from the second epoch on no member is read against
+    the whole bank, and in the third every member is answered from its kept read alone."""
+    images, labels = _images(120, 5), torch.randint(0, 4, (120,))
+    external = _images(3 * 6 * 4, 6)  # four new ones a step
+    memory = memory_from_config(SETTINGS, (1, 28, 28), 4, members=120)
+    memory.train()
+    counts = []
+    for epoch in range(3):
+        before = dict(memory.read_counts)
+        # New batches each epoch: a batch holds members first read at different bank sizes.
+        order = torch.randperm(120, generator=torch.Generator().manual_seed(epoch))
+        for step in range(6):
+            members = order[20 * step : 20 * (step + 1)]
+            outside = external[4 * (6 * epoch + step) : 4 * (6 * epoch + step + 1)]
+            batch = torch.cat([images[members], outside])
+            evidence = memory(batch)
+            # The same products, in blocks of another size: equal up to float32's rounding,
+            # which the sharpening near a similarity of 1 magnifies to ~3e-5.
+            whole = sharpened(memory.similarity(batch, reuse=False)).float()
+            torch.testing.assert_close(evidence.detach(), whole, rtol=0, atol=1e-4)
+            F.cross_entropy(memory.logit_share(evidence)[:20], labels[members]).backward()
+            memory.write()
+        counts.append({k: memory.read_counts[k] - before[k] for k in before})
+    # Epoch 1: every image new. Epoch 2: the members grown (the bank grew after their reads),
+    # the external images new. Epoch 3: the members kept.
+    assert counts == [
+        {"kept": 0, "grown": 0, "new": 144},
+        {"kept": 0, "grown": 120, "new": 24},
+        {"kept": 120, "grown": 0, "new": 24},
+    ]
+    assert float(memory_margin(memory(images), labels).min()) > 0.1
+    # Evaluation keeps its own reads (every shift and view): the second read is kept.
+    memory.eval()
+    with torch.no_grad():
+        first = memory(external)
+        kept_before = memory.read_counts["kept"]
+        assert torch.equal(memory(external), first)
+        assert memory.read_counts["kept"] - kept_before == len(external)
+
+
+def test_a_write_skips_what_it_wrote_before_and_still_finds_copies_under_other_keys():
+    """The write knows an image it wrote before (its key and label) without fingerprinting it
+    again; a brighter copy (another key, the same fingerprint) is still found in the bank, and
+    the same image under another label is another sample."""
+    images, labels = _images(20, 7), torch.randint(0, 10, (20,))
+    memory = memory_from_config(SETTINGS, (1, 28, 28), 10, members=40)
+    memory.train()
+    for batch, batch_labels, count in (
+        (images, labels, 20),
+        (images, labels, 20),  # by its key
+        (2 * images + 1, labels, 20),  # by its fingerprint
+        (images[:5], (labels[:5] + 1) % 10, 25),
+        (images[:5], (labels[:5] + 1) % 10, 25),
+    ):
+        F.cross_entropy(memory.logit_share(memory(batch)), batch_labels).backward()
+        memory.write()
+        assert int(memory.count) == count
+    assert len(memory._written) == 45  # every image and label the writes met
