@@ -18,18 +18,23 @@ if TYPE_CHECKING:
     from amint_pl.training.module import AMINTModule
 
 
-def build_module(checkpoint: dict[str, Any], path: Path, device: str) -> AMINTModule:
-    """The AMINTModule the checkpoint holds, in eval mode on `device`."""
+def build_module(
+    checkpoint: dict[str, Any], path: Path, device: str, head: bool = True
+) -> AMINTModule:
+    """The AMINTModule the checkpoint holds, in eval mode on `device`. `head`: refuse a model
+    without a MINT head (a `mint=off` run); False takes it, the audited model alone (`score`
+    then gives no MINT logits). The audited phase of a passive run, whose head is not trained
+    yet, is refused either way."""
     from amint_pl.training.module import AMINTModule
 
     module = AMINTModule(**checkpoint["hyper_parameters"])
     phase = checkpoint["amint_phase"]
-    if module.mint_head is None:
+    if module.mint_head is None and head:
         raise ConfigError(
             f"{path} has no MINT head (its run used mint=off): audit a run trained with "
             "mint=active or mint=passive"
         )
-    if phase == "audited":
+    if phase == "audited" and module.mint_head is not None:
         raise ConfigError(
             f"{path} is from the audited-model phase of a passive run, before its MINT head was "
             "trained: audit a checkpoint from checkpoints/mint_head/"
@@ -52,9 +57,10 @@ def score(
     batch_size: int,
     progress_s: float | None = None,
     what: str = "scoring",
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(class logits float32 (N, K), MINT logits float32 (N,)) of the samples' uint8 images,
-    through the module's own preprocessing, in batches (with their labels where known).
+    through the module's own preprocessing, in batches (with their labels where known). A
+    module without a MINT head gives its class logits and None.
 
     progress_s: see `StderrProgress`."""
     import torch
@@ -70,11 +76,15 @@ def score(
             label = None
             if labels is not None:
                 label = torch.from_numpy(labels[start : start + batch_size]).to(device)
-            out, mint = module(inputs, label)
+            if module.mint_head is None:
+                out = module.audited(inputs)[0]
+            else:
+                out, mint = module(inputs, label)
+                mint_logits.append(mint.float().cpu())
             logits.append(out.float().cpu())
-            mint_logits.append(mint.float().cpu())
             progress.step(n, min(start + batch_size, len(images)))
-    return torch.cat(logits).numpy(), torch.cat(mint_logits).numpy()
+    mint = torch.cat(mint_logits).numpy() if mint_logits else None
+    return torch.cat(logits).numpy(), mint
 
 
 def membership_probability(mint_logits: np.ndarray) -> np.ndarray:

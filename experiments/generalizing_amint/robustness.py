@@ -13,6 +13,9 @@ three methods; one CSV row per transformation x method x run seed:
   itself answers, read during the same scoring, without the head);
 - `exact_hash`: an auditor who keeps the SHA-256 of every training image (hit = member).
 
+A `mint=off` run (no MINT head: `<record>` is `off`) gives the LOSS attack and the hash list, and
+its audited accuracy under each transformation: the reference a memory's accuracy is held to.
+
     python experiments/generalizing_amint/robustness.py <run dir> [<run dir> ...] \\
         [--out experiments/results/generalizing/robustness.csv] [--append] [--plot robustness.png]
 
@@ -47,6 +50,7 @@ from amint_pl.checkpoints import load_checkpoint
 from amint_pl.data.audit_inputs import Samples, load_run_splits, read_split
 from amint_pl.data.benchmarks import load_benchmark
 from amint_pl.data.splits import POOL_NAMES
+from amint_pl.errors import AmintError
 from amint_pl.evaluation.metrics import auc, tpr_at_fpr
 from amint_pl.evaluation.scoring import build_module
 from amint_pl.evaluation.scoring import score as mint_score
@@ -139,7 +143,8 @@ def image_hash(image: np.ndarray) -> bytes:
 def method_tag(config: dict) -> str:
     """`<record>` of the run's membership memory (`none` without one), `_flip_crop` when it
     trained under augmentation."""
-    tag = memory_record(config["mint"].get("memory")) or "none"
+    off = config["mint"].get("mode") == "off"
+    tag = "off" if off else memory_record(config["mint"].get("memory")) or "none"
     augment = config["dataset"].get("augment", "none")
     return tag if augment == "none" else f"{tag}_{augment}"
 
@@ -149,7 +154,7 @@ def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
     path = run_dir / list(results["best_checkpoints"].values())[-1]
     checkpoint = load_checkpoint(path)
     config = checkpoint["hyper_parameters"]["config"]
-    module = build_module(checkpoint, path, "cpu")
+    module = build_module(checkpoint, path, "cpu", head=config["mint"].get("mode") != "off")
     splits, benchmark = load_run_splits(run_dir, checkpoint, path)
     members, nonmembers = splits.reported("strict")
     samples = read_split(("members_unseen", "nonmembers_eval"), splits, benchmark)
@@ -179,7 +184,9 @@ def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
         ).numpy()
         accuracy = float((logits.argmax(1) == labels)[~is_member].mean())
         hit = np.array([image_hash(image) in hashes for image in changed], dtype=np.float64)
-        methods = [(f"mint_{tag}", mint, accuracy), (f"loss_{tag}", -loss, accuracy)]
+        methods = [(f"loss_{tag}", -loss, accuracy)]
+        if mint is not None:
+            methods.insert(0, (f"mint_{tag}", mint, accuracy))
         if memory_logits:
             margin = memory_margin(torch.cat(memory_logits).float(), torch.from_numpy(labels))
             methods.append((f"memory_{tag}", margin.numpy(), accuracy))
@@ -352,7 +359,11 @@ def main() -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
-    rows = [row for run_dir in args.run_dirs for row in rows_of_run(run_dir, args.transforms)]
+    try:
+        rows = [row for run_dir in args.run_dirs for row in rows_of_run(run_dir, args.transforms)]
+    except AmintError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     write_rows(args.out, rows, args.append)
     with args.out.open(newline="") as handle:
         everything = list(csv.DictReader(handle))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO, TINY, read_results, run_main
+from tests.helpers import ONE_EPOCH, REPO, TINY, read_results, run_main
 
 sys.path.insert(0, str(REPO / "experiments" / "generalizing_amint"))  # its scripts: no package
 
@@ -148,6 +148,31 @@ def test_robustness_scores_every_transformation_and_method_on_a_run(general_run,
     again = run_main("robustness", str(run_dir), "--out", str(out))
     assert again.returncode == 2 and again.stderr.startswith("error: ")
     assert out.read_text() == before
+
+
+@pytest.mark.slow
+def test_robustness_takes_a_run_without_a_head_and_refuses_a_broken_one_in_a_line(
+    run_amint, tmp_path
+):
+    """A `mint=off` run: the LOSS attack and the hash list (and the audited accuracy) under each
+    transformation, the untouched LOSS as the run reported it. A run whose checkpoint is gone:
+    one line that names it, exit status 2, no CSV."""
+    _, run_dir = run_amint(*ONE_EPOCH, "mint=off")
+    out = tmp_path / "off.csv"
+    proc = run_main("robustness", str(run_dir), "--out", str(out), "--transforms", "none", "hflip")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with out.open(newline="") as handle:
+        rows = {(r["transform"], r["method"]): r for r in csv.DictReader(handle)}
+    assert set(rows) == {(t, m) for t in ("none", "hflip") for m in ("loss_off", "exact_hash")}
+    loss = read_results(run_dir)["membership"]["strict"]["loss"]["auc"]
+    assert float(rows["none", "loss_off"]["auc_strict"]) == pytest.approx(loss, abs=1e-6)
+    assert 0.0 <= float(rows["hflip", "loss_off"]["aud_test_acc"]) <= 1.0
+    for checkpoint in (run_dir / "checkpoints").rglob("*.ckpt"):
+        checkpoint.unlink()
+    broken = tmp_path / "broken.csv"
+    proc = run_main("robustness", str(run_dir), "--out", str(broken))
+    assert proc.returncode == 2 and not broken.exists()
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
 
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
