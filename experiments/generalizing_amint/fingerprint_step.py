@@ -16,8 +16,8 @@ Printed and appended to --out (Markdown): milliseconds a step each way
 
 With --epochs N the bank starts empty and the steps are those of N training epochs: each epoch
 the --members images in a new order, --batch a step, beside --batch / 4 other training images
-not met before (the external samples a batch holds at `mint.external_per_member=0.25`); the table gives
-each epoch's seconds and median milliseconds a step each way. This is where the reads kept
+not met before (the external samples of a batch at `mint.external_per_member=0.25`); the table
+gives each epoch's seconds and median milliseconds a step each way. This is where the reads kept
 between epochs show: from the second epoch on a member is compared only with the members written
 since its last read.
 
@@ -83,6 +83,7 @@ def step(memory, images: torch.Tensor, labels: torch.Tensor, members: int) -> to
 
 
 def same_banks(memories: dict) -> bool:
+    """Whether every memory holds the same fingerprints, labels and count."""
     banks = [(m.prints, m.labels, int(m.count)) for m in memories.values()]
     return all(
         torch.equal(banks[0][0], b[0]) and torch.equal(banks[0][1], b[1]) and banks[0][2] == b[2]
