@@ -124,8 +124,8 @@ class FingerprintMemory(nn.Module):
         self.register_buffer("prints", torch.zeros(views, capacity, dims))
         self.register_buffer("labels", torch.full((capacity,), -1, dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
-        # The forwards of this step not yet written: (zero-valued probe, inputs).
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # The forwards of this step not yet written: (zero-valued probe, inputs, their keys).
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, list]] = []
         self.writes = True
         # The members' fingerprints grouped by class, for the reads: `class_banks`.
         self._by_class: dict | None = None
@@ -225,14 +225,19 @@ class FingerprintMemory(nn.Module):
         cache["sizes"] = sizes
 
     def similarity(
-        self, inputs: torch.Tensor, dtype: torch.dtype = READ_DTYPE, reuse: bool = True
+        self,
+        inputs: torch.Tensor,
+        dtype: torch.dtype = READ_DTYPE,
+        reuse: bool = True,
+        keys: list | None = None,
     ) -> torch.Tensor:
         """(B, num_classes) each image's largest cosine similarity to a member of each class
         (-1 for a class with no member), over its reads: in training the image and its mirror;
         at evaluation every shift of every view, each also mirrored. `dtype`: of the products
         with the bank. `reuse`: an image read before in this mode is compared only with the
         members written since (the same answer, up to float32's rounding); False reads every
-        image against the whole bank and keeps nothing."""
+        image against the whole bank and keeps nothing. `keys`: the images' `read_keys`, if the
+        caller has them."""
         best = inputs.new_full((len(inputs), self.num_classes), -1.0, dtype=torch.float64)
         views = self.views(inputs, zooms=not self.training)
         banks = self.class_banks(len(views), dtype)
@@ -241,7 +246,7 @@ class FingerprintMemory(nn.Module):
             return best
         sizes = tuple(self._by_class["sizes"])
         reads = self._reads.setdefault((self.training, dtype), {})
-        keys = self.read_keys(inputs)
+        keys = self.read_keys(inputs) if keys is None else keys
         kept = [reads.get(key) for key in keys]
         new = [i for i, read in enumerate(kept) if read is None]
         grown = [i for i, read in enumerate(kept) if read is not None and read[1] != sizes]
@@ -308,10 +313,11 @@ class FingerprintMemory(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) the evidence per class, times `scale`; in training (while it writes)
         plus a zero-valued probe whose gradient tells `write` what the cross-entropy reached."""
-        evidence = sharpened(self.similarity(inputs), self.scale).float()
+        keys = self.read_keys(inputs)  # the read's, and in training the write's
+        evidence = sharpened(self.similarity(inputs, keys=keys), self.scale).float()
         if self.training and self.writes and torch.is_grad_enabled():
             probe = torch.zeros_like(evidence, requires_grad=True)
-            self._pending.append((probe, inputs.detach()))
+            self._pending.append((probe, inputs.detach(), keys))
             return evidence + probe
         return evidence
 
@@ -338,13 +344,14 @@ class FingerprintMemory(nn.Module):
         pending, self._pending = self._pending, []
         if not self.writes:
             return
-        inputs, labels = [], []
-        for probe, batch in pending:
+        inputs, labels, keys = [], [], []
+        for probe, batch, batch_keys in pending:
             if probe.grad is None:
                 continue
             reached = probe.grad.ne(0).any(1)
             inputs.append(batch[reached])
             labels.append(probe.grad[reached].argmin(1))
+            keys += [key for key, hit in zip(batch_keys, reached.tolist(), strict=True) if hit]
         device = self.labels.device
         if inputs:
             inputs, labels = torch.cat(inputs).to(device), torch.cat(labels).to(device)
@@ -352,7 +359,7 @@ class FingerprintMemory(nn.Module):
             # fingerprinted and tested against it (the bank is read first: a loaded checkpoint
             # forgets what was written before it).
             self.class_banks()
-            pairs = list(zip(self.read_keys(inputs), labels.tolist(), strict=True))
+            pairs = list(zip(keys, labels.tolist(), strict=True))
             unwritten = [i for i, pair in enumerate(pairs) if pair not in self._written]
             inputs, labels = inputs[unwritten], labels[unwritten]
             prints = self.member_prints(inputs)
