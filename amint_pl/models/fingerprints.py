@@ -11,11 +11,15 @@ from 0.96-0.99 (a look-alike non-member): `scale * SHARPNESS * -log(1 - s_c + FL
 
 The reads: in training the image and its mirror; at evaluation every shift up to `query_shifts`
 pixels of the image and of each zoomed-out view (`query_zooms`: a crop resized back returns to its
-scale), each also mirrored. A zoomed-out view is compared with a bank of its own: the members'
-fingerprints after a crop of that share resized back and zoomed out again, a view blurred by the
-same two resamplings (experiments/generalizing_amint/fingerprint_design.py measured, before any
-training, AUC >= 0.997 at 25,000 Fashion-MNIST members under every transformation of
-robustness.py).
+scale), each also mirrored (100 reads with one zoom and shifts up to 2). A zoomed-out view is
+compared with a bank of its own: the members' fingerprints after a crop of that share resized back
+and zoomed out again, a view blurred by the same two resamplings
+(experiments/generalizing_amint/fingerprint_design.py measured, before any training, AUC >= 0.997
+at 25,000 Fashion-MNIST members under every transformation of robustness.py). With `audit_reads`
+off an evaluation reads as training does: the module turns it off for the fit's validation, which
+scores untouched calibration images for the logged MINT AUCs (the presets select the model by the
+audited accuracy, which the record does not touch); the scoring of every role and `audit` read
+every view.
 
 What writes: exactly the samples the cross-entropy trains on, each once. In training the memory's
 share of the class logits is a zero-valued tensor that requires grad (`logit_share`): it changes
@@ -29,7 +33,7 @@ training the network after one epoch.
 The banks are buffers of a fixed `capacity` (`auto`: the members the model trains on), saved in
 checkpoints with their labels and count.
 
-The reads are kept: per read mode (training, evaluation) and per image (keyed by two random
+The reads are kept: per read mode (the image and its mirror, every audited view) and per image (keyed by two random
 projections of its pixels), its largest similarity per class and the class sizes it was read
 against. The banks only grow between reads, so an image read again is compared only with the
 members written since (none from a run's third epoch on: every member is in the bank after the
@@ -127,9 +131,12 @@ class FingerprintMemory(nn.Module):
         # The forwards of this step not yet written: (zero-valued probe, inputs, their keys).
         self._pending: list[tuple[torch.Tensor, torch.Tensor, list]] = []
         self.writes = True
+        # Whether an evaluation reads every audited view (else as training does: the image and
+        # its mirror); the module turns it off for the fit's validation.
+        self.audit_reads = True
         # The members' fingerprints grouped by class, for the reads: `class_banks`.
         self._by_class: dict | None = None
-        # The reads kept: (training, dtype) -> {image key: (largest similarity per class as
+        # The reads kept: (full_reads, dtype) -> {image key: (largest similarity per class as
         # float64 numpy, the class sizes it was read against)}; emptied when the class banks are
         # built anew.
         self._reads: dict[tuple[bool, torch.dtype], dict] = {}
@@ -232,20 +239,21 @@ class FingerprintMemory(nn.Module):
         keys: list | None = None,
     ) -> torch.Tensor:
         """(B, num_classes) each image's largest cosine similarity to a member of each class
-        (-1 for a class with no member), over its reads: in training the image and its mirror;
-        at evaluation every shift of every view, each also mirrored. `dtype`: of the products
+        (-1 for a class with no member), over its reads (`full_reads`): the image and its mirror,
+        or every shift of every view, each also mirrored. `dtype`: of the products
         with the bank. `reuse`: an image read before in this mode is compared only with the
         members written since (the same answer, up to float32's rounding); False reads every
         image against the whole bank and keeps nothing. `keys`: the images' `read_keys`, if the
         caller has them."""
         best = inputs.new_full((len(inputs), self.num_classes), -1.0, dtype=torch.float64)
-        views = self.views(inputs, zooms=not self.training)
+        full = self.full_reads()
+        views = self.views(inputs, zooms=full)
         banks = self.class_banks(len(views), dtype)
         if not reuse:
             best[:] = self._nearest(views, banks, [0] * self.num_classes)
             return best
         sizes = tuple(self._by_class["sizes"])
-        reads = self._reads.setdefault((self.training, dtype), {})
+        reads = self._reads.setdefault((full, dtype), {})
         keys = self.read_keys(inputs) if keys is None else keys
         kept = [reads.get(key) for key in keys]
         new = [i for i, read in enumerate(kept) if read is None]
@@ -271,6 +279,11 @@ class FingerprintMemory(nn.Module):
             reads[keys[i]] = (answers[i].copy(), sizes)
         return best
 
+    def full_reads(self) -> bool:
+        """Whether a read takes every audited view (every shift of every view, each mirrored):
+        at evaluation with `audit_reads` on; else the image and its mirror."""
+        return not self.training and self.audit_reads
+
     def read_keys(self, inputs: torch.Tensor) -> list[tuple[float, float]]:
         """Per image, two random projections of its pixels in float64: images that differ in any
         pixel get different keys (short of a coincidence of measure zero)."""
@@ -293,7 +306,7 @@ class FingerprintMemory(nn.Module):
         if not classes:
             return best
         dtype = banks[0][classes[0]].dtype
-        span = range(-self.query_shifts, self.query_shifts + 1) if not self.training else [0]
+        span = range(-self.query_shifts, self.query_shifts + 1) if self.full_reads() else [0]
         for start in range(0, batch, QUERY_CHUNK):
             stop = min(start + QUERY_CHUNK, batch)
             nearest = best.new_full((stop - start, self.num_classes), -2.0, dtype=dtype)

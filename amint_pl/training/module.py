@@ -27,6 +27,7 @@ from amint_pl.data.splits import PROTOCOLS, ROLE_CODES
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.errors import ConfigError
 from amint_pl.models.backbones import backbone_from_config
+from amint_pl.models.fingerprints import FingerprintMemory
 from amint_pl.models.memory import memory_from_config
 from amint_pl.models.mint_head import mint_head_from_config
 from amint_pl.models.outputs import member_probability, true_label_log_probability
@@ -422,6 +423,10 @@ class AMINTModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.validation_metrics.reset()
+        if isinstance(self.memory, FingerprintMemory):
+            # The fit's validation scores untouched calibration images: the record reads them as
+            # training does, not in every audited view (~50x the products at the defaults).
+            self.memory.audit_reads = self.trainer.state.fn != "fit"
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """The validation metrics on a batch of the calibration sets (the MINT head is not scored
@@ -458,6 +463,8 @@ class AMINTModule(L.LightningModule):
                 values[key] = float(value)
             metric.reset()
         self.validation_values = values
+        if isinstance(self.memory, FingerprintMemory):
+            self.memory.audit_reads = True
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [self.membership_curves]

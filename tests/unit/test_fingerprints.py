@@ -4,6 +4,7 @@ it, what it finds, what it leaves alone."""
 import sys
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -237,6 +238,66 @@ def test_the_audited_models_class_logits_are_the_networks():
         logits, _, evidence = module.audited(images)
         assert torch.equal(logits, module.backbone(images)[0])
     assert float(memory_margin(evidence, labels).min()) > 0.1
+
+
+class RecordReads(L.Callback):
+    """Whether the fingerprint record reads every audited view, per validation and predict batch."""
+
+    def __init__(self) -> None:
+        self.validation: list[bool] = []
+        self.predict: list[bool] = []
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.validation.append(pl_module.memory.full_reads())
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.predict.append(pl_module.memory.full_reads())
+
+
+def test_the_fits_validation_reads_as_training_and_the_scoring_reads_every_view(tmp_path):
+    """A real fit of `mint=active_fingerprint` over 3 epochs (sanity check included): its
+    validation reads the calibration images as training does (the image and its mirror), so the
+    whole fit keeps no read of every audited view; the scoring (`predict`) and a validation
+    outside a fit read every view; the MINT AUCs are still logged every epoch."""
+    from amint_pl.data.benchmarks import benchmark_from_config
+    from amint_pl.data.datamodule import MembershipDataModule
+    from amint_pl.data.splits import SplitSizes, build_splits
+    from amint_pl.training.module import AMINTModule
+    from tests.helpers import config_dict
+
+    config = config_dict("mint=active_fingerprint", "dataset.image_size=16")
+    benchmark = benchmark_from_config(config["dataset"])
+    sizes = SplitSizes(80, 0.25, 40, 40)
+    splits = build_splits(len(benchmark.train), len(benchmark.test), sizes, seed=0)
+    module = AMINTModule(
+        config, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
+    )
+    dm = MembershipDataModule(benchmark, splits, batch_size=20, eval_batch_size=64, seed=0)
+    reads = RecordReads()
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[reads],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm)
+    memory = module.memory
+    batches = len(dm.val_dataloader())
+    assert len(reads.validation) == 1 + 3 * batches and not any(reads.validation)
+    assert {full for full, _ in memory._reads} == {False}  # the fit read no audited view
+    assert {"val/paper/mint_auc", "val/strict/mint_auc"} <= set(trainer.callback_metrics)
+    assert memory.full_reads() is False  # training mode after the fit: the image and its mirror
+    trainer.validate(module, datamodule=dm, verbose=False)
+    trainer.predict(module, datamodule=dm)
+    assert reads.validation[1 + 3 * batches :] == [True] * batches
+    assert reads.predict and all(reads.predict)
+    assert {full for full, _ in memory._reads} == {False, True}
 
 
 def test_the_class_banks_grown_step_by_step_equal_those_built_at_once():
