@@ -39,6 +39,14 @@ against. The banks only grow between reads, so an image read again is compared o
 members written since (none from a run's third epoch on: every member is in the bank after the
 first, and the same images come back each epoch). The answer is that of a read of the whole bank,
 the same products computed in blocks of other sizes (float32 may round them apart by an ulp).
+
+A member's kept read is also completed as training writes the members after it: a new member's
+read computes its products with every earlier member, and those are, transposed, the earlier
+members' products with it (the fingerprint of a mirrored image is the mirrored fingerprint, so a
+read of the image and its mirror is symmetric). From the second epoch on a member is then
+answered without products. This holds for writes whose every new member was read against the
+whole bank in that step, on one process (`_complete`); any other write ends an era, and the
+members tracked before it are compared again with the members written from its bank on.
 """
 
 from __future__ import annotations
@@ -129,7 +137,8 @@ class FingerprintMemory(nn.Module):
         self.register_buffer("labels", torch.full((capacity,), -1, dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
         # The forwards of this step not yet written: (zero-valued probe, inputs, their keys).
-        self._pending: list[tuple[torch.Tensor, torch.Tensor, list]] = []
+        # With the products of the step's reads against the whole bank (`similarity`'s `stash`).
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, list, dict]] = []
         self.writes = True
         # Whether an evaluation reads every audited view (else as training does: the image and
         # its mirror); the module turns it off for the fit's validation.
@@ -144,6 +153,18 @@ class FingerprintMemory(nn.Module):
         # (image key, label) of the images written (or found in the bank) so far; emptied with
         # the reads.
         self._written: set[tuple[tuple[float, float], int]] = set()
+        # A read's products with a member are, transposed, that member's with the read when a
+        # mirrored image's fingerprint is the mirrored fingerprint: the window splits evenly
+        # into pooling cells across.
+        self.symmetric = inner[1] % pool == 0
+        # The members added by completed writes (`_complete`): image key -> (class, place in the
+        # class, era). `_lacks[c][:, place]` holds per class the largest similarity of the member's
+        # read to the members written after its own read: its kept read and that row answer as
+        # the bank up to the present sizes (its era's) or to the sizes its era ended at.
+        self._tracked: dict[tuple[float, float], tuple[int, int, int]] = {}
+        self._lacks: list[np.ndarray] = []
+        self._era = 0
+        self._era_end: dict[int, tuple[int, ...]] = {}
         # Images read so far, by how: "kept" (answered from a kept read alone), "grown" (compared
         # with the members written since their kept read), "new" (with the whole bank).
         self.read_counts = {"kept": 0, "grown": 0, "new": 0}
@@ -196,6 +217,7 @@ class FingerprintMemory(nn.Module):
             cache = self._by_class = {"state": self._bank_state(), "sizes": sizes, "blocks": {}}
             self._reads.clear()  # read against blocks that may not be these ones' first rows
             self._written.clear()
+            self._forget_tracked()
         blocks = cache["blocks"].get(dtype)
         if blocks is None or len(blocks) < views:
             n = int(self.count)
@@ -237,6 +259,7 @@ class FingerprintMemory(nn.Module):
         dtype: torch.dtype = READ_DTYPE,
         reuse: bool = True,
         keys: list | None = None,
+        stash: dict | None = None,
     ) -> torch.Tensor:
         """(B, num_classes) each image's largest cosine similarity to a member of each class
         (-1 for a class with no member), over its reads (`full_reads`): the image and its mirror,
@@ -244,7 +267,8 @@ class FingerprintMemory(nn.Module):
         with the bank. `reuse`: an image read before in this mode is compared only with the
         members written since (the same answer, up to float32's rounding); False reads every
         image against the whole bank and keeps nothing. `keys`: the images' `read_keys`, if the
-        caller has them."""
+        caller has them. `stash`: a dict to fill with the products of the images read against
+        the whole bank (training's reads; `write` completes earlier members' reads with them)."""
         best = inputs.new_full((len(inputs), self.num_classes), -1.0, dtype=torch.float64)
         full = self.full_reads()
         views = self.views(inputs, zooms=full)
@@ -255,14 +279,28 @@ class FingerprintMemory(nn.Module):
         sizes = tuple(self._by_class["sizes"])
         reads = self._reads.setdefault((full, dtype), {})
         keys = self.read_keys(inputs) if keys is None else keys
-        kept = [reads.get(key) for key in keys]
-        new = [i for i, read in enumerate(kept) if read is None]
-        grown = [i for i, read in enumerate(kept) if read is not None and read[1] != sizes]
-        same = [i for i, read in enumerate(kept) if read is not None and read[1] == sizes]
+        tracks = not full and dtype == READ_DTYPE  # the reads `_complete` completes
+        kept = [self._kept(reads, key, sizes) if tracks else reads.get(key) for key in keys]
+        # An image read before any member was written is read against the whole bank too.
+        new = [i for i, read in enumerate(kept) if read is None or not any(read[1])]
+        grown = [i for i, read in enumerate(kept) if read is not None and any(read[1])]
+        same = [i for i in grown if kept[i][1] == sizes]
+        grown = [i for i in grown if kept[i][1] != sizes]
         if same:
             best[same] = torch.from_numpy(np.stack([kept[i][0] for i in same])).to(best.device)
         if new:
-            best[new] = self._nearest([v[new] for v in views], banks, [0] * self.num_classes)
+            products = {} if stash is not None and tracks else None
+            whole = self._nearest([v[new] for v in views], banks, [0] * self.num_classes, products)
+            best[new] = whole
+            if products is not None:
+                stash.update(
+                    sizes=sizes,
+                    rows={row: n for n, row in enumerate(new)},
+                    products={
+                        c: parts[0] if len(parts) == 1 else torch.cat(parts)
+                        for c, parts in products.items()
+                    },
+                )
         if grown:
             # Each read is compared from the smallest size any of them saw: the members between
             # it and a read's own size are already in that read's answer, and change no maximum.
@@ -274,10 +312,25 @@ class FingerprintMemory(nn.Module):
             self.read_counts[how] += len(rows)
         if len(reads) + len(new) > max(KEPT_READS, 4 * self.capacity):
             reads.clear()
+            if tracks:
+                self._forget_tracked()
         answers = best.cpu().numpy()
         for i in new + grown:
             reads[keys[i]] = (answers[i].copy(), sizes)
+            if tracks:
+                self._tracked.pop(keys[i], None)
         return best
+
+    def _kept(self, reads: dict, key: tuple[float, float], sizes: tuple[int, ...]) -> tuple | None:
+        """An image's kept read as (largest similarity per class, the class sizes it answers
+        for): a tracked member's kept read completed by its `_lacks` row."""
+        read = reads.get(key)
+        place = self._tracked.get(key) if read is not None else None
+        if place is None:
+            return read
+        c, row, era = place
+        answers = np.maximum(read[0], self._lacks[c][:, row])
+        return answers, sizes if era == self._era else self._era_end[era]
 
     def full_reads(self) -> bool:
         """Whether a read takes every audited view (every shift of every view, each mirrored):
@@ -296,10 +349,16 @@ class FingerprintMemory(nn.Module):
         return [tuple(row) for row in (flat @ weights).tolist()]
 
     def _nearest(
-        self, views: list[torch.Tensor], banks: list[list[torch.Tensor]], since: list[int]
+        self,
+        views: list[torch.Tensor],
+        banks: list[list[torch.Tensor]],
+        since: list[int],
+        products: dict | None = None,
     ) -> torch.Tensor:
         """(B, num_classes) float64: the largest similarity of the views' reads to the members of
-        each class from its `since`-th on (-1 where there is none)."""
+        each class from its `since`-th on (-1 where there is none). `products`: for one view
+        read unshifted, a dict to add, per class, the chunks of (B, members) products (the
+        larger of the image's and its mirror's) to."""
         batch = len(views[0])
         best = views[0].new_full((batch, self.num_classes), -1.0, dtype=torch.float64)
         classes = [c for c, block in enumerate(banks[0]) if len(block) > since[c]]
@@ -307,6 +366,8 @@ class FingerprintMemory(nn.Module):
             return best
         dtype = banks[0][classes[0]].dtype
         span = range(-self.query_shifts, self.query_shifts + 1) if self.full_reads() else [0]
+        if products is not None and (len(views) > 1 or len(span) > 1):
+            raise ValueError("products are kept for one view read unshifted only")
         for start in range(0, batch, QUERY_CHUNK):
             stop = min(start + QUERY_CHUNK, batch)
             nearest = best.new_full((stop - start, self.num_classes), -2.0, dtype=dtype)
@@ -317,8 +378,14 @@ class FingerprintMemory(nn.Module):
                         # The read and its mirror in one product with each class's members.
                         both = self.fingerprint(torch.cat([part, part.flip(-1)]), dy, dx).to(dtype)
                         for c in classes:
-                            top = (both @ per_class[c][since[c] :].T).amax(1)
-                            top = torch.maximum(top[: len(part)], top[len(part) :])
+                            product = both @ per_class[c][since[c] :].T
+                            if products is None:
+                                top = product.amax(1)
+                                top = torch.maximum(top[: len(part)], top[len(part) :])
+                            else:
+                                pair = torch.maximum(product[: len(part)], product[len(part) :])
+                                products.setdefault(c, []).append(pair)
+                                top = pair.amax(1)
                             nearest[:, c] = torch.maximum(nearest[:, c], top)
             best[start:stop, classes] = nearest[:, classes].double()
         return best
@@ -327,10 +394,13 @@ class FingerprintMemory(nn.Module):
         """(B, num_classes) the evidence per class, times `scale`; in training (while it writes)
         plus a zero-valued probe whose gradient tells `write` what the cross-entropy reached."""
         keys = self.read_keys(inputs)  # the read's, and in training the write's
-        evidence = sharpened(self.similarity(inputs, keys=keys), self.scale).float()
-        if self.training and self.writes and torch.is_grad_enabled():
+        writes = self.training and self.writes and torch.is_grad_enabled()
+        stash = {} if writes else None
+        evidence = self.similarity(inputs, keys=keys, stash=stash)
+        evidence = sharpened(evidence, self.scale).float()
+        if writes:
             probe = torch.zeros_like(evidence, requires_grad=True)
-            self._pending.append((probe, inputs.detach(), keys))
+            self._pending.append((probe, inputs.detach(), keys, stash))
             return evidence + probe
         return evidence
 
@@ -357,14 +427,16 @@ class FingerprintMemory(nn.Module):
         pending, self._pending = self._pending, []
         if not self.writes:
             return
-        inputs, labels, keys = [], [], []
-        for probe, batch, batch_keys in pending:
+        inputs, labels, keys, origins = [], [], [], []  # origins: (forward, row) of each
+        for forward, (probe, batch, batch_keys, _) in enumerate(pending):
             if probe.grad is None:
                 continue
             reached = probe.grad.ne(0).any(1)
             inputs.append(batch[reached])
             labels.append(probe.grad[reached].argmin(1))
-            keys += [key for key, hit in zip(batch_keys, reached.tolist(), strict=True) if hit]
+            rows = reached.nonzero().flatten().tolist()
+            keys += [batch_keys[row] for row in rows]
+            origins += [(forward, row) for row in rows]
         device = self.labels.device
         if inputs:
             inputs, labels = torch.cat(inputs).to(device), torch.cat(labels).to(device)
@@ -375,6 +447,7 @@ class FingerprintMemory(nn.Module):
             pairs = list(zip(keys, labels.tolist(), strict=True))
             unwritten = [i for i, pair in enumerate(pairs) if pair not in self._written]
             inputs, labels = inputs[unwritten], labels[unwritten]
+            keys, origins = [keys[i] for i in unwritten], [origins[i] for i in unwritten]
             prints = self.member_prints(inputs)
             if len(self._written) + len(unwritten) > max(KEPT_READS, 4 * self.capacity):
                 self._written.clear()
@@ -383,16 +456,22 @@ class FingerprintMemory(nn.Module):
             prints = torch.zeros(len(self.prints), 0, self.prints.shape[-1], device=device)
             prints = prints.double()
             labels = torch.zeros(0, dtype=torch.long, device=device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
             views, dims = prints.shape[0], prints.shape[2]
             labels, flat = gather_rows(labels, prints.transpose(0, 1).flatten(1))
             prints = flat.view(len(labels), views, dims).transpose(0, 1)
         if len(labels):
-            self.add(prints, labels)
+            before = tuple(self._by_class["sizes"]) if self._by_class else None
+            added = self.add(prints, labels)
+            if added.any():
+                mine = (pending, keys, origins, inputs, prints, labels)
+                if distributed or not self._complete(*mine, added, before):
+                    self._end_era(before)
 
-    def add(self, prints: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, prints: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Add (views, k, d) fingerprints of labels (k,) not yet in the bank (nor earlier in the
-        batch) with their label."""
+        batch) with their label; (k,) which were added."""
         plain = prints[0]
         same_label = labels[:, None] == labels[None, :]
         twin = (plain @ plain.T >= SAME) & same_label
@@ -401,7 +480,7 @@ class FingerprintMemory(nn.Module):
             new &= ~self.known(plain, labels)
         n, k = int(self.count), int(new.sum())
         if k == 0:
-            return
+            return new
         if n + k > self.capacity:
             raise RuntimeError(
                 f"the fingerprint bank is full ({self.capacity} members): set "
@@ -415,6 +494,91 @@ class FingerprintMemory(nn.Module):
         if extend:
             self._extend_class_banks(added, labels)
             self._by_class["state"] = self._bank_state()
+        return new
+
+    def _complete(
+        self,
+        pending: list,
+        keys: list,
+        origins: list[tuple[int, int]],
+        inputs: torch.Tensor,
+        prints: torch.Tensor,
+        labels: torch.Tensor,
+        added: torch.Tensor,
+        before: tuple[int, ...] | None,
+    ) -> bool:
+        """Complete the kept reads with the members just added (`added` of this process's rows
+        `inputs`, `prints`, `labels`, `keys`, from (forward, row) `origins` of `pending`), when each of
+        them was read in its forward against the whole bank as it stood (`before`): the earlier
+        tracked members' `_lacks` from those reads' products, transposed; the new members'
+        reads with each other; then track the new members. False (nothing changed) otherwise."""
+        rows = added.nonzero().flatten().tolist()
+        cache = self._by_class
+        if not self.symmetric or cache is None or before is None:
+            return False
+        for i in rows:
+            forward, row = origins[i]
+            stash = pending[forward][3]
+            if not stash or stash["sizes"] != before or row not in stash["rows"]:
+                return False
+            if keys[i] in self._tracked:
+                return False
+        sizes = cache["sizes"]
+        while len(self._lacks) < self.num_classes:
+            self._lacks.append(np.full((self.num_classes, 0), -2.0, dtype=np.float32))
+        for c, size in enumerate(sizes):
+            if self._lacks[c].shape[1] < size:
+                grown = np.full((self.num_classes, max(2 * self._lacks[c].shape[1], size)), -2.0)
+                grown[:, : self._lacks[c].shape[1]] = self._lacks[c]
+                self._lacks[c] = grown.astype(np.float32)
+        # The earlier members: per class of theirs, the largest product with a new member of
+        # each label (the forward's other rows go to a last, unused row).
+        for forward in sorted({origins[i][0] for i in rows}):
+            mine = [i for i in rows if origins[i][0] == forward]
+            stash = pending[forward][3]
+            if not stash["products"]:
+                continue
+            first = next(iter(stash["products"].values()))
+            by = torch.full((len(first),), self.num_classes, dtype=torch.long)
+            by[[stash["rows"][origins[i][1]] for i in mine]] = labels[mine].cpu()
+            by = by.to(first.device)
+            for c, product in stash["products"].items():
+                index = by[:, None].expand_as(product)
+                top = product.new_full((self.num_classes + 1, product.shape[1]), -2.0)
+                top = top.scatter_reduce(0, index, product, "amax")[:-1].cpu().numpy()
+                lacks = self._lacks[c][:, : product.shape[1]]
+                np.maximum(lacks, top, out=lacks)
+        # The new members: their reads against each other (in the bank's precision, as read).
+        x = self._pooled(inputs[rows])
+        both = self.fingerprint(torch.cat([x, x.flip(-1)])).to(READ_DTYPE)
+        bank = prints[0][rows].to(self.prints.dtype).to(READ_DTYPE)
+        product = both @ bank.T
+        pair = torch.maximum(product[: len(rows)], product[len(rows) :])
+        new_labels = labels[rows].to(pair.device)
+        top = pair.new_full((len(rows), self.num_classes), -2.0)
+        top = top.scatter_reduce(1, new_labels[None, :].expand_as(pair), pair, "amax")
+        top = top.cpu().numpy()
+        placed = list(before)
+        for n, i in enumerate(rows):
+            c = int(labels[i])
+            self._lacks[c][:, placed[c]] = top[n]
+            self._tracked[keys[i]] = (c, placed[c], self._era)
+            placed[c] += 1
+        return True
+
+    def _end_era(self, before: tuple[int, ...] | None) -> None:
+        """A write `_complete` could not follow: the tracked members' reads answer for the bank
+        up to `before` from now on."""
+        if before is None:
+            self._forget_tracked()
+        elif self._tracked:  # (under DDP no write completes: nothing is ever tracked)
+            self._era_end[self._era] = before
+        self._era += 1
+
+    def _forget_tracked(self) -> None:
+        self._tracked.clear()
+        self._lacks = []
+        self._era_end.clear()
 
     def known(self, plain: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(k,) whether each (k, d) float64 fingerprint is in the bank with its label: at least

@@ -12,7 +12,13 @@ import torch.nn.functional as F
 
 from amint_pl.errors import ConfigError
 from amint_pl.evaluation.metrics import auc
-from amint_pl.models.fingerprints import SAME, FingerprintMemory, sharpened
+from amint_pl.models.fingerprints import (
+    FLOOR,
+    SAME,
+    SHARPNESS,
+    FingerprintMemory,
+    sharpened,
+)
 from amint_pl.models.memory import MembershipMemory, memory_from_config, memory_margin
 from tests.helpers import REPO
 
@@ -328,9 +334,9 @@ def test_the_class_banks_grown_step_by_step_equal_those_built_at_once():
 
 def test_reads_kept_over_epochs_answer_as_the_whole_bank_and_spare_the_members_later():
     """Training reads each member before the step writes it, so its kept read lacks itself and
-    the members written after it: over three epochs of members and new external images, every
-    answer equals a read of the whole bank; from the second epoch on no member is read against
-    the whole bank, and in the third every member is answered from its kept read alone."""
+    the members written after it, which the writes complete from those members' own reads: over
+    three epochs of members and new external images every answer equals a read of the whole
+    bank, and from the second epoch on every member is answered from its kept read alone."""
     images, labels = _images(120, 5), torch.randint(0, 4, (120,))
     external = _images(3 * 6 * 4, 6)  # four new ones a step
     memory = memory_from_config(SETTINGS, (1, 28, 28), 4, members=120)
@@ -352,13 +358,14 @@ def test_reads_kept_over_epochs_answer_as_the_whole_bank_and_spare_the_members_l
             F.cross_entropy(memory.logit_share(evidence)[:20], labels[members]).backward()
             memory.write()
         counts.append({k: memory.read_counts[k] - before[k] for k in before})
-    # Epoch 1: every image new. Epoch 2: the members grown (the bank grew after their reads),
-    # the external images new. Epoch 3: the members kept.
+    # Epoch 1: every image new. Epochs 2 and 3: the members kept (their reads completed as the
+    # members after them were written), the external images new.
     assert counts == [
         {"kept": 0, "grown": 0, "new": 144},
-        {"kept": 0, "grown": 120, "new": 24},
+        {"kept": 120, "grown": 0, "new": 24},
         {"kept": 120, "grown": 0, "new": 24},
     ]
+    assert len(memory._tracked) == 120 and memory._era == 0
     with torch.no_grad():
         assert float(memory_margin(memory(images), labels).min()) > 0.1
     # Evaluation keeps its own reads (every shift and view): the second read is kept.
@@ -368,6 +375,53 @@ def test_reads_kept_over_epochs_answer_as_the_whole_bank_and_spare_the_members_l
         kept_before = memory.read_counts["kept"]
         assert torch.equal(memory(external), first)
         assert memory.read_counts["kept"] - kept_before == len(external)
+
+
+@pytest.mark.parametrize("pool", [2, 3])
+def test_a_write_it_cannot_complete_ends_an_era_and_every_read_still_answers_as_the_bank(pool):
+    """Members read before their step against a part of the bank (a validation's read) are read
+    in their step from that part on, not against the whole bank: their write cannot complete
+    the earlier members' reads, and ends an era; the members tracked before it answer for the
+    bank up to it and are compared with the members after it. With pool 3 (22 pixels of window
+    in cells of 3: a mirrored image's fingerprint is not the mirrored fingerprint) nothing is
+    tracked. Over two epochs every answer equals a read of the whole bank."""
+    images, labels = _images(90, 8), torch.randint(0, 4, (90,))
+    memory = memory_from_config({**SETTINGS, "pool": pool}, (1, 28, 28), 4, members=90)
+
+    def step(start: int) -> None:
+        rows = slice(start, start + 30)
+        memory.train()
+        evidence = memory(images[rows])
+        whole = memory.similarity(images[rows], reuse=False)
+        # Compared as similarities (the sharpening magnifies float32's rounding near 1 ~500x):
+        # the same products in blocks of other sizes, a few ulps apart.
+        read = 1 + FLOOR - torch.exp(-evidence.detach().double() / SHARPNESS)
+        torch.testing.assert_close(read, whole, rtol=0, atol=2e-6)
+        F.cross_entropy(memory.logit_share(evidence), labels[rows]).backward()
+        memory.write()
+
+    tracks = pool == 2
+    assert memory.symmetric is tracks
+    step(0)
+    memory.eval()
+    memory.audit_reads = False  # as a fit's validation reads
+    with torch.no_grad():
+        memory(images[30:45])  # kept, read against the first 30 members
+    step(30)
+    step(60)
+    assert len(memory._tracked) == (60 if tracks else 0)
+    assert memory._era == (1 if tracks else 3)
+    before = dict(memory.read_counts)
+    for start in (0, 30, 60):
+        step(start)
+    counts = {k: memory.read_counts[k] - before[k] for k in before}
+    # The first 30 tracked before the era ended, and the 30 of the write that ended it: grown;
+    # the last 30, tracked since: kept. Without tracking the first 30 (read before any member
+    # was written) are read against the whole bank, the others grown.
+    if tracks:
+        assert counts == {"kept": 30, "grown": 60, "new": 0}
+    else:
+        assert counts == {"kept": 0, "grown": 60, "new": 30}
 
 
 def test_a_write_skips_what_it_wrote_before_and_still_finds_copies_under_other_keys():
