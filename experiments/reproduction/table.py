@@ -120,16 +120,17 @@ def recipe_pairs(
     rows: list[dict[str, str]],
 ) -> dict[str, list[tuple[str, str, dict, dict, dict | None]]]:
     """Per architecture, the recipes other than `ours` run at seed 0 both without aMINT and with
-    it (middle tap, light head): [(recipe, epochs, off row, active row, passive row or None)],
-    in the CSV's order."""
+    it (middle tap; the light head, the paper's for the `paper` recipe): [(recipe, epochs, off
+    row, active row, passive row or None)], in the CSV's order."""
     off, active, passive = {}, {}, {}
     for r in rows:
-        if r["seed"] != "0" or r["recipe"] in ("ours", "paper"):
+        if r["seed"] != "0" or r["recipe"] == "ours":
             continue
         key = (r["model"], r["recipe"], r["epochs"])
+        head = "paper" if r["recipe"] == "paper" else "light"
         if r["mode"] == "off":
             off[key] = r
-        elif (r["taps"], r["head"]) == ("middle", "light"):
+        elif (r["taps"], r["head"]) == ("middle", head):
             {"active": active, "passive": passive}.get(r["mode"], {})[key] = r
     pairs = defaultdict(list)
     for key, row in off.items():

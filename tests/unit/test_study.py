@@ -136,3 +136,27 @@ def test_the_targets_judge_every_recipe_run_both_with_and_without_amint():
         ["-", "0.510", "- |"],
         ["0.640", "0.510", "yes |"],
     ]
+
+
+def test_recipe_pairs_set_each_recipes_off_beside_its_active_with_the_paper_head_for_paper():
+    def row(mode, recipe, head="light", taps="middle", seed="0"):
+        head, taps = ("-", "-") if mode == "off" else (head, taps)
+        return {"model": "mobilenet", "mode": mode, "taps": taps, "head": head, "seed": seed,
+                "recipe": recipe, "epochs": "10"}  # fmt: skip
+
+    rows = [
+        row("off", "ours"),
+        row("active", "ours"),  # `ours` has a table of its own
+        row("off", "paper"),
+        row("active", "paper", head="paper", taps="entry"),  # not the middle tap
+        row("active", "paper", head="paper"),
+        row("off", "ours_stem"),
+        row("active", "ours_stem"),
+        row("active", "ours_stem", seed="1"),  # seed 0 only
+        row("off", "ours_aug"),  # no active beside it
+    ]
+    pairs = table.recipe_pairs(rows)
+    assert [(recipe, off, active) for recipe, _, off, active, _ in pairs["mobilenet"]] == [
+        ("paper", rows[2], rows[4]),
+        ("ours_stem", rows[5], rows[6]),
+    ]
