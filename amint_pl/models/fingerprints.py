@@ -33,12 +33,13 @@ training the network after one epoch.
 The banks are buffers of a fixed `capacity` (`auto`: the members the model trains on), saved in
 checkpoints with their labels and count.
 
-The reads are kept: per read mode (the image and its mirror, every audited view) and per image (keyed by two random
-projections of its pixels), its largest similarity per class and the class sizes it was read
-against. The banks only grow between reads, so an image read again is compared only with the
-members written since (none from a run's third epoch on: every member is in the bank after the
-first, and the same images come back each epoch). The answer is that of a read of the whole bank,
-the same products computed in blocks of other sizes (float32 may round them apart by an ulp).
+The reads are kept: per read mode (the image and its mirror, or every audited view) and per image
+(keyed by two random projections of its pixels), its largest similarity per class and the class
+sizes it was read against. The banks only grow between reads, so an image read again is compared
+only with the members written since (none from a run's third epoch on: every member is in the
+bank after the first, and the same images come back each epoch). The answer is that of a read of
+the whole bank, the same products computed in blocks of other sizes (float32 may round them apart
+by an ulp).
 
 A member's kept read is also completed as training writes the members after it: a new member's
 read computes its products with every earlier member, and those are, transposed, the earlier
@@ -158,9 +159,9 @@ class FingerprintMemory(nn.Module):
         # into pooling cells across.
         self.symmetric = inner[1] % pool == 0
         # The members added by completed writes (`_complete`): image key -> (class, place in the
-        # class, era). `_lacks[c][:, place]` holds per class the largest similarity of the member's
-        # read to the members written after its own read: its kept read and that row answer as
-        # the bank up to the present sizes (its era's) or to the sizes its era ended at.
+        # class, era). `_lacks[c][:, place]` holds per class the largest similarity of the
+        # member's read to the members written after its own read: its kept read and that column
+        # answer as the bank up to the present sizes (its era's) or to the sizes its era ended at.
         self._tracked: dict[tuple[float, float], tuple[int, int, int]] = {}
         self._lacks: list[np.ndarray] = []
         self._era = 0
@@ -508,13 +509,16 @@ class FingerprintMemory(nn.Module):
         before: tuple[int, ...] | None,
     ) -> bool:
         """Complete the kept reads with the members just added (`added` of this process's rows
-        `inputs`, `prints`, `labels`, `keys`, from (forward, row) `origins` of `pending`), when each of
-        them was read in its forward against the whole bank as it stood (`before`): the earlier
-        tracked members' `_lacks` from those reads' products, transposed; the new members'
-        reads with each other; then track the new members. False (nothing changed) otherwise."""
+        `inputs`, `prints`, `labels`, `keys`, from (forward, row) `origins` of `pending`), when
+        each of them was read in its forward against the whole bank as it stood (`before`) and
+        the class banks were extended with them: the earlier tracked members' `_lacks` from
+        those reads' products, transposed; the new members' reads with each other; then track
+        the new members. False (nothing changed) otherwise."""
         rows = added.nonzero().flatten().tolist()
         cache = self._by_class
         if not self.symmetric or cache is None or before is None:
+            return False
+        if cache["state"] != self._bank_state():  # not extended: built anew at the next read
             return False
         for i in rows:
             forward, row = origins[i]
