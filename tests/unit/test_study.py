@@ -160,3 +160,13 @@ def test_recipe_pairs_set_each_recipes_off_beside_its_active_with_the_paper_head
         ("paper", rows[2], rows[4]),
         ("ours_stem", rows[5], rows[6]),
     ]
+
+
+def test_the_paper_recipe_table_compares_the_runs_with_a_head_with_the_papers_code():
+    def row(mode, acc, auc="", head="paper"):
+        return {"model": "mobilenet", "mode": mode, "taps": "middle" if head != "-" else "-",
+                "head": head, "seed": "0", "recipe": "paper", "aud_test_acc": acc,
+                "mint_auc_paper": auc, "wall_s": "600", "epochs": "10"}  # fmt: skip
+
+    lines = table.paper_recipe([row("off", "0.6348", head="-"), row("active", "0.5642", "0.9724")])
+    assert lines[2:] == ["| mobilenet | middle | 0 | 0.972 | yes | 0.564 | **no** | 10.0 | yes |"]
