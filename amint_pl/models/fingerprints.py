@@ -396,7 +396,9 @@ class FingerprintMemory(nn.Module):
         plus a zero-valued probe whose gradient tells `write` what the cross-entropy reached."""
         keys = self.read_keys(inputs)  # the read's, and in training the write's
         writes = self.training and self.writes and torch.is_grad_enabled()
-        stash = {} if writes else None
+        # The products are kept only where a write can complete reads with them (`_complete`).
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        stash = {} if writes and self.symmetric and not distributed else None
         evidence = self.similarity(inputs, keys=keys, stash=stash)
         evidence = sharpened(evidence, self.scale).float()
         if writes:
