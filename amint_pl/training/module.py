@@ -2,7 +2,9 @@
 
 Phases (what `mint.mode` runs, in order):
 - active: `joint` — one forward over the mixed member/external batch; L = w_aud * CE(members)
-  + w_mint * BCE(MINT logits, is_member); the MINT loss reaches the shared layers.
+  + w_mint * BCE(MINT logits, is_member); the MINT loss reaches the shared layers. With a head
+  that reads only detached outputs (`head_reads_detached`) the MINT loss reaches no layer: the
+  members forward with the graph, the external samples without it (`batch_statistics`).
 - passive: `audited` (CE alone), then `mint_head` (backbone frozen in eval mode, head trained on
   detached taps).
 - off: `audited` only.
@@ -29,8 +31,9 @@ from amint_pl.errors import ConfigError
 from amint_pl.models.backbones import backbone_from_config
 from amint_pl.models.fingerprints import FingerprintMemory
 from amint_pl.models.memory import memory_from_config
-from amint_pl.models.mint_head import mint_head_from_config
+from amint_pl.models.mint_head import MINTHead, mint_head_from_config
 from amint_pl.models.outputs import member_probability, true_label_log_probability
+from amint_pl.training.batch_statistics import batch_norms, recorded, replayable, replayed
 from amint_pl.training.callbacks import MembershipCurves
 from amint_pl.training.losses import LossWeighting
 
@@ -77,8 +80,18 @@ def role_positions(
         mint &= (role == EXTERNAL) | (positive_draw(index, salt) < positive_fraction)
     return {
         "member_index": torch.nonzero(role != EXTERNAL).flatten(),
+        "external_index": torch.nonzero(role == EXTERNAL).flatten(),
         "mint_index": torch.nonzero(mint).flatten(),
     }
+
+
+def batch_rows(size: int, *parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The rows of a batch from its parts, each (positions, rows), detached: (size, ...)."""
+    first = parts[0][1]
+    out = first.new_empty((size, *first.shape[1:]))
+    for positions, rows in parts:
+        out.index_copy_(0, positions, rows.detach().to(out.dtype))
+    return out
 
 
 def mint_loss(
@@ -382,6 +395,31 @@ class AMINTModule(L.LightningModule):
                 [t[n:] for t in taps], logits[n:], labels, None if memory is None else memory[n:]
             )
             bce = mint_loss(mint_logits, role, mint_targets)
+        elif self.phase == "joint" and self.head_reads_detached():
+            # The MINT loss reaches no layer of the audited model: only the members need its
+            # graph. They forward with it, on their own BatchNorm statistics (as without aMINT);
+            # the external samples forward without it, normalised by the members' statistics.
+            external = where["external_index"]
+            norms = batch_norms(self.backbone)
+            with recorded(norms) as statistics:
+                member_logits, _, member_memory = self.audited(
+                    inputs.index_select(0, members),
+                    None if clean is None else clean.index_select(0, members),
+                )
+            with torch.no_grad(), replayed(statistics):
+                external_logits, _, external_memory = self.audited(
+                    inputs.index_select(0, external),
+                    None if clean is None else clean.index_select(0, external),
+                )
+            ce = F.cross_entropy(member_logits, labels.index_select(0, members))
+            logits = batch_rows(len(role), (members, member_logits), (external, external_logits))
+            memory = (
+                None
+                if member_memory is None
+                else batch_rows(len(role), (members, member_memory), (external, external_memory))
+            )
+            mint_logits = self.mint_head([], logits, labels, memory)
+            bce = mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "joint":
             # ONE forward over members and external samples together: BatchNorm sees both.
             logits, taps, memory = self.audited(inputs, clean)
@@ -420,6 +458,19 @@ class AMINTModule(L.LightningModule):
         if bce is not None:
             self.log(f"{prefix}train/bce", bce)
         return loss
+
+    def head_reads_detached(self) -> bool:
+        """Whether the MINT head reads only detached outputs of the audited model (no tap), so
+        that the external samples of a joint step need no graph and can forward apart: not for
+        a compiled model (hooks) nor BatchNorm statistics that span processes."""
+        head = self.mint_head
+        return (
+            isinstance(head, MINTHead)
+            and head.detach_outputs
+            and not head.use_taps
+            and self.compile_mode is None
+            and replayable(batch_norms(self.backbone))
+        )
 
     def on_validation_epoch_start(self) -> None:
         self.validation_metrics.reset()

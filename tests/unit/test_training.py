@@ -332,3 +332,52 @@ def test_the_cosine_schedule_falls_each_epoch_and_a_resume_continues_it(
     resumed = RecordBatches()
     _fit(few_members, epochs, tmp_path / "stopped", last, COSINE, record=resumed)
     assert stopped.rates + resumed.rates == pytest.approx(expected)
+
+
+DETACHED_HEAD = (
+    "mint=active",
+    "mint.head.output_features=[loss,probs]",
+    "mint.head.tap_features=false",
+    "mint.head.detach_outputs=true",
+)
+
+
+@pytest.mark.parametrize(
+    "preset",
+    [DETACHED_HEAD, ("mint=active_fingerprint", "dataset.image_size=16")],
+    ids=["detached_head", "fingerprint"],
+)
+def test_a_head_that_reads_detached_outputs_leaves_the_audited_network_as_mint_off_trains_it(
+    few_members, tmp_path, preset
+):
+    """Where the MINT loss reaches no layer of the audited model, the external samples forward
+    apart (no graph), normalised by the members' BatchNorm statistics: over three epochs the
+    audited network learns exactly what it learns without aMINT, running statistics included
+    (one forward over the whole batch would normalise the members by the external rows too)."""
+    size = [o for o in preset if o.startswith("dataset.image_size")]
+    torch.manual_seed(0)
+    off = _fit(few_members, 3, tmp_path / "off", None, "mint=off", *size)[2].lightning_module
+    torch.manual_seed(0)
+    active = _fit(few_members, 3, tmp_path / "active", None, *preset)[2].lightning_module
+    assert active.head_reads_detached()
+    trained = dict(off.backbone.state_dict())
+    torch.manual_seed(0)
+    start = _network_at_start(few_members, *size)  # what both began from: training moved it
+    assert any(not torch.equal(value, trained[name]) for name, value in start.items())
+    for name, value in active.backbone.state_dict().items():
+        if value.is_floating_point():
+            assert torch.allclose(value, trained[name], rtol=1e-5, atol=1e-6), name
+        else:
+            assert torch.equal(value, trained[name]), name  # BatchNorm's batch counts
+
+
+def _network_at_start(digits, *overrides):
+    benchmark, _ = digits
+    module = AMINTModule(
+        config_dict("mint=off", *overrides),
+        benchmark.num_classes,
+        benchmark.channels,
+        benchmark.mean,
+        benchmark.std,
+    )
+    return dict(module.backbone.state_dict())
