@@ -25,6 +25,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
 from amint_pl.checkpoints import check_checkpoint, check_resumable, seal_checkpoint
+from amint_pl.data.datamodule import BalancedBatchSampler
 from amint_pl.data.splits import PROTOCOLS, ROLE_CODES
 from amint_pl.data.transforms import BatchTransform
 from amint_pl.errors import ConfigError
@@ -277,6 +278,22 @@ class AMINTModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.phase == "mint_head":
             self.backbone.eval()  # frozen: BatchNorm statistics stay those of the audited model
+        if self.phase == "joint" and isinstance(self.memory, FingerprintMemory):
+            self.read_external_ahead()
+
+    def read_external_ahead(self, chunk: int = 1024) -> None:
+        """The fingerprint record reads this epoch's external samples (this process's share)
+        before the epoch, many at a time (`FingerprintMemory.read_ahead`): each step then finds
+        their reads kept. Skipped for a loader whose batches do not say their external samples."""
+        loader = self.trainer.train_dataloader
+        sampler = getattr(loader, "batch_sampler", None)
+        if not isinstance(sampler, BalancedBatchSampler):
+            return
+        positions = sampler.external_order(sampler.epoch, sampler.sampler.rank)
+        for start in range(0, len(positions), chunk):
+            batch = loader.dataset.__getitems__(positions[start : start + chunk].tolist())
+            inputs = self.preprocess(batch["images"].to(self.device), train=False)
+            self.memory.read_ahead(inputs)
 
     def configure_model(self) -> None:
         """Compile the backbone and the MINT head in place, once (`model.compile`): their

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from amint_pl.data.splits import ROLE_CODES
 from amint_pl.errors import ConfigError
 from amint_pl.evaluation.metrics import auc
 from amint_pl.models.fingerprints import (
@@ -304,6 +305,76 @@ def test_the_fits_validation_reads_as_training_and_the_scoring_reads_every_view(
     assert reads.validation[1 + 3 * batches :] == [True] * batches
     assert reads.predict and all(reads.predict)
     assert {full for full, _ in memory._reads} == {False, True}
+
+
+class StepReads(L.Callback):
+    """Per epoch, the fingerprint record's reads inside the training steps, by how they were
+    answered (`read_counts`: kept, grown, new), and each step's evidence of its external rows."""
+
+    def __init__(self) -> None:
+        self.epochs: list[dict[str, int]] = []
+        self.external: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epochs.append(dict.fromkeys(pl_module.memory.read_counts, 0))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.before = dict(pl_module.memory.read_counts)
+        self.inputs = pl_module.preprocess(batch["images"])[batch["role"] == ROLE_CODES["external"]]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        memory = pl_module.memory
+        for how, n in memory.read_counts.items():
+            self.epochs[-1][how] += n - self.before[how]
+        if trainer.current_epoch == trainer.max_epochs - 1:  # the bank holds every member
+            with torch.no_grad():
+                self.external.append(
+                    (memory.similarity(self.inputs), memory.similarity(self.inputs, reuse=False))
+                )
+
+
+def test_the_epochs_external_samples_are_read_ahead_and_each_step_finds_them_kept(tmp_path):
+    """A real 3-epoch fit of `mint=active_fingerprint`: from the second epoch on (every member in
+    the bank) the module reads the epoch's external samples before it, many at a time, so no
+    read inside a step compares anything with the bank; their kept reads answer as the whole
+    bank does."""
+    from amint_pl.data.benchmarks import benchmark_from_config
+    from amint_pl.data.datamodule import MembershipDataModule
+    from amint_pl.data.splits import SplitSizes, build_splits
+    from amint_pl.training.module import AMINTModule
+    from tests.helpers import config_dict
+
+    config = config_dict("mint=active_fingerprint", "dataset.image_size=16")
+    benchmark = benchmark_from_config(config["dataset"])
+    splits = build_splits(
+        len(benchmark.train), len(benchmark.test), SplitSizes(80, 0.25, 200, 40), seed=0
+    )
+    module = AMINTModule(
+        config, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
+    )
+    dm = MembershipDataModule(
+        benchmark, splits, batch_size=20, eval_batch_size=64, seed=0, external_per_member=0.5
+    )
+    steps = StepReads()
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[steps],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=dm)
+    # Epoch 1: the members and the external samples (5 a step, 8 steps) read in the steps.
+    assert steps.epochs[0] == {"kept": 0, "grown": 0, "new": 80 + 40}
+    # Then every member's read is kept and completed, and every external sample was read ahead.
+    assert steps.epochs[1:] == [{"kept": 80 + 40, "grown": 0, "new": 0}] * 2
+    for kept, whole in steps.external:
+        torch.testing.assert_close(kept, whole, rtol=0, atol=1e-6)
 
 
 def test_the_class_banks_grown_step_by_step_equal_those_built_at_once():
