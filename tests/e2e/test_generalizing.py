@@ -45,18 +45,32 @@ def test_the_general_preset_runs_and_audits_on_a_tiny_budget(general_run, tmp_pa
     assert "reproduces results.json: every metric of every method" in proc.stdout
 
 
-def test_the_fingerprint_preset_keeps_exactly_the_trained_members_and_audits(run_amint, tmp_path):
+@pytest.mark.parametrize(
+    "processes", [(), ("trainer=ddp_cpu", "batch_size=16")], ids=["one_process", "ddp"]
+)
+def test_the_fingerprint_preset_keeps_exactly_the_trained_members_and_audits(
+    run_amint, tmp_path, processes
+):
     """mint=active_fingerprint over 2 epochs (digits at 16 px: at 8 px the shifts leave no
-    fingerprint): its bank holds each member the cross-entropy trained, once, and no external
-    sample; the audit rebuilds the model, bank included, and reproduces the run's numbers."""
+    fingerprint), in one process and in two DDP processes (each forwarding its external samples
+    apart and reading them ahead from the second epoch): its bank holds each member the
+    cross-entropy trained, once, and no external sample; the audit rebuilds the model, bank
+    included, and reproduces the run's numbers."""
     from amint_pl.checkpoints import load_checkpoint
     from amint_pl.data.audit_inputs import load_run_splits
     from amint_pl.evaluation.scoring import build_module
     from amint_pl.models.fingerprints import SAME
 
-    _, run_dir = run_amint(*TINY, "mint=active_fingerprint", "dataset.image_size=16")
+    _, run_dir = run_amint(
+        *TINY,
+        "mint=active_fingerprint",
+        "dataset.image_size=16",
+        *processes,
+        process=bool(processes),
+    )
     results = read_results(run_dir)
     assert results["status"] == "completed"
+    assert results["distributed"]["process_group_size"] == (2 if processes else 1)
     checkpoint_path = run_dir / results["best_checkpoints"]["joint"]
     checkpoint = load_checkpoint(checkpoint_path)
     module = build_module(checkpoint, checkpoint_path, "cpu")
