@@ -412,12 +412,13 @@ class AMINTModule(L.LightningModule):
                 [t[n:] for t in taps], logits[n:], labels, None if memory is None else memory[n:]
             )
             bce = mint_loss(mint_logits, role, mint_targets)
-        elif self.phase == "joint" and self.head_reads_detached():
+        elif self.phase == "joint" and self.head_reads_detached(
+            norms := batch_norms(self.backbone)
+        ):
             # The MINT loss reaches no layer of the audited model: only the members need its
             # graph. They forward with it, on their own BatchNorm statistics (as without aMINT);
             # the external samples forward without it, normalised by the members' statistics.
             external = where["external_index"]
-            norms = batch_norms(self.backbone)
             with recorded(norms) as statistics:
                 member_logits, _, member_memory = self.audited(
                     inputs.index_select(0, members),
@@ -476,17 +477,18 @@ class AMINTModule(L.LightningModule):
             self.log(f"{prefix}train/bce", bce)
         return loss
 
-    def head_reads_detached(self) -> bool:
+    def head_reads_detached(self, norms: list | None = None) -> bool:
         """Whether the MINT head reads only detached outputs of the audited model (no tap), so
         that the external samples of a joint step need no graph and can forward apart: not for
-        a compiled model (hooks) nor BatchNorm statistics that span processes."""
+        a compiled model (hooks) nor BatchNorm statistics that span processes. `norms`: the
+        backbone's BatchNorm layers, if the caller has them."""
         head = self.mint_head
         return (
             isinstance(head, MINTHead)
             and head.detach_outputs
             and not head.use_taps
             and self.compile_mode is None
-            and replayable(batch_norms(self.backbone))
+            and replayable(batch_norms(self.backbone) if norms is None else norms)
         )
 
     def on_validation_epoch_start(self) -> None:

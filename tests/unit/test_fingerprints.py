@@ -261,11 +261,9 @@ class RecordReads(L.Callback):
         self.predict.append(pl_module.memory.full_reads())
 
 
-def test_the_fits_validation_reads_as_training_and_the_scoring_reads_every_view(tmp_path):
-    """A real fit of `mint=active_fingerprint` over 3 epochs (sanity check included): its
-    validation reads the calibration images as training does (the image and its mirror), so the
-    whole fit keeps no read of every audited view; the scoring (`predict`) and a validation
-    outside a fit read every view; the MINT AUCs are still logged every epoch."""
+def _fingerprint_fit(tmp_path, callback, external, sanity_steps=0, external_per_member=1.0):
+    """A real 3-epoch Trainer fit of `mint=active_fingerprint` on digits at 16 px (80 members,
+    `external` external samples, 40 test images): (module, datamodule, trainer)."""
     from amint_pl.data.benchmarks import benchmark_from_config
     from amint_pl.data.datamodule import MembershipDataModule
     from amint_pl.data.splits import SplitSizes, build_splits
@@ -274,26 +272,42 @@ def test_the_fits_validation_reads_as_training_and_the_scoring_reads_every_view(
 
     config = config_dict("mint=active_fingerprint", "dataset.image_size=16")
     benchmark = benchmark_from_config(config["dataset"])
-    sizes = SplitSizes(80, 0.25, 40, 40)
+    sizes = SplitSizes(80, 0.25, external, 40)
     splits = build_splits(len(benchmark.train), len(benchmark.test), sizes, seed=0)
     module = AMINTModule(
         config, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
     )
-    dm = MembershipDataModule(benchmark, splits, batch_size=20, eval_batch_size=64, seed=0)
-    reads = RecordReads()
+    dm = MembershipDataModule(
+        benchmark,
+        splits,
+        batch_size=20,
+        eval_batch_size=64,
+        seed=0,
+        external_per_member=external_per_member,
+    )
     trainer = L.Trainer(
         max_epochs=3,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
-        callbacks=[reads],
+        callbacks=[callback],
         enable_progress_bar=False,
         enable_model_summary=False,
-        num_sanity_val_steps=1,
+        num_sanity_val_steps=sanity_steps,
         use_distributed_sampler=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=dm)
+    return module, dm, trainer
+
+
+def test_the_fits_validation_reads_as_training_and_the_scoring_reads_every_view(tmp_path):
+    """A real fit of `mint=active_fingerprint` over 3 epochs (sanity check included): its
+    validation reads the calibration images as training does (the image and its mirror), so the
+    whole fit keeps no read of every audited view; the scoring (`predict`) and a validation
+    outside a fit read every view; the MINT AUCs are still logged every epoch."""
+    reads = RecordReads()
+    module, dm, trainer = _fingerprint_fit(tmp_path, reads, external=40, sanity_steps=1)
     memory = module.memory
     batches = len(dm.val_dataloader())
     assert len(reads.validation) == 1 + 3 * batches and not any(reads.validation)
@@ -338,37 +352,8 @@ def test_the_epochs_external_samples_are_read_ahead_and_each_step_finds_them_kep
     the bank) the module reads the epoch's external samples before it, many at a time, so no
     read inside a step compares anything with the bank; their kept reads answer as the whole
     bank does."""
-    from amint_pl.data.benchmarks import benchmark_from_config
-    from amint_pl.data.datamodule import MembershipDataModule
-    from amint_pl.data.splits import SplitSizes, build_splits
-    from amint_pl.training.module import AMINTModule
-    from tests.helpers import config_dict
-
-    config = config_dict("mint=active_fingerprint", "dataset.image_size=16")
-    benchmark = benchmark_from_config(config["dataset"])
-    splits = build_splits(
-        len(benchmark.train), len(benchmark.test), SplitSizes(80, 0.25, 200, 40), seed=0
-    )
-    module = AMINTModule(
-        config, benchmark.num_classes, benchmark.channels, benchmark.mean, benchmark.std
-    )
-    dm = MembershipDataModule(
-        benchmark, splits, batch_size=20, eval_batch_size=64, seed=0, external_per_member=0.5
-    )
     steps = StepReads()
-    trainer = L.Trainer(
-        max_epochs=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        callbacks=[steps],
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, datamodule=dm)
+    _fingerprint_fit(tmp_path, steps, external=200, external_per_member=0.5)
     # Epoch 1: the members and the external samples (5 a step, 8 steps) read in the steps.
     assert steps.epochs[0] == {"kept": 0, "grown": 0, "new": 80 + 40}
     # Then every member's read is kept and completed, and every external sample was read ahead.
