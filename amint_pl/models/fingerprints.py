@@ -87,6 +87,12 @@ KEPT_READS = 1 << 17
 READ_DTYPE = torch.float32
 
 
+def _unit(cells: torch.Tensor) -> torch.Tensor:
+    """(B, d) the cells of each row flattened, centred and scaled to unit length."""
+    x = cells.flatten(1)
+    return F.normalize(x - x.mean(1, keepdim=True), dim=1)
+
+
 def sharpened(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """The evidence of a largest similarity s: `scale * SHARPNESS * -log(1 - s + FLOOR)`."""
     return scale * SHARPNESS * -torch.log1p(FLOOR - similarity.clamp(max=1.0))
@@ -177,10 +183,22 @@ class FingerprintMemory(nn.Module):
     def fingerprint(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
         """(B, d) unit vectors in float64: the view's window shifted by (dy, dx), average-pooled
         by `pool`, centred."""
+        return _unit(self._cells(view, dy, dx))
+
+    def _cells(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
+        """(B, C, h, w) the view's window shifted by (dy, dx), average-pooled by `pool`."""
         x = window(view, self.border, dy, dx)
-        x = F.avg_pool2d(x, self.pool) if self.pool > 1 else x
-        x = x.flatten(1)
-        return F.normalize(x - x.mean(1, keepdim=True), dim=1)
+        return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
+
+    def reads(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
+        """(2B, d) the fingerprints of the view's read at (dy, dx) and of its mirror's. Unshifted
+        across a symmetric window, the mirror's is the image's fingerprint mirrored (the same
+        numbers, up to float64's rounding): one pooling instead of two."""
+        if not (self.symmetric and dx == 0):
+            return self.fingerprint(torch.cat([view, view.flip(-1)]), dy, dx)
+        cells = self._cells(view, dy, dx)
+        prints = _unit(cells)
+        return torch.cat([prints, prints.view(cells.shape).flip(-1).flatten(1)])
 
     def views(self, inputs: torch.Tensor, zooms: bool = True) -> list[torch.Tensor]:
         """The views a query is read in, one per bank: the image as given (pooled to the
@@ -380,7 +398,7 @@ class FingerprintMemory(nn.Module):
                 for dy in span:
                     for dx in span:
                         # The read and its mirror in one product with each class's members.
-                        both = self.fingerprint(torch.cat([part, part.flip(-1)]), dy, dx).to(dtype)
+                        both = self.reads(part, dy, dx).to(dtype)
                         for c in classes:
                             product = both @ per_class[c][since[c] :].T
                             if products is None:
@@ -480,21 +498,28 @@ class FingerprintMemory(nn.Module):
             prints = flat.view(len(labels), views, dims).transpose(0, 1)
         if len(labels):
             before = tuple(self._by_class["sizes"]) if self._by_class else None
-            added = self.add(prints, labels)
+            near = None if distributed else self._near_in_reads(pending, origins, labels, before)
+            added = self.add(prints, labels, near)
             if added.any():
                 mine = (pending, keys, origins, inputs, prints, labels)
                 if distributed or not self._complete(*mine, added, before):
                     self._end_era(before)
 
-    def add(self, prints: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def add(
+        self,
+        prints: torch.Tensor,
+        labels: torch.Tensor,
+        near: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Add (views, k, d) fingerprints of labels (k,) not yet in the bank (nor earlier in the
-        batch) with their label; (k,) which were added."""
+        batch) with their label; (k,) which were added. `near`: `known`'s candidates, if the
+        caller has them."""
         plain = prints[0]
         same_label = labels[:, None] == labels[None, :]
         twin = (plain @ plain.T >= SAME) & same_label
         new = ~torch.tril(twin, diagonal=-1).any(1)  # the first of each set of twins
         if int(self.count):
-            new &= ~self.known(plain, labels)
+            new &= ~self.known(plain, labels, near)
         n, k = int(self.count), int(new.sum())
         if k == 0:
             return new
@@ -570,7 +595,7 @@ class FingerprintMemory(nn.Module):
                 np.maximum(lacks, top, out=lacks)
         # The new members: their reads against each other (in the bank's precision, as read).
         x = self._pooled(inputs[rows])
-        both = self.fingerprint(torch.cat([x, x.flip(-1)])).to(READ_DTYPE)
+        both = self.reads(x).to(READ_DTYPE)
         bank = prints[0][rows].to(self.prints.dtype).to(READ_DTYPE)
         product = both @ bank.T
         pair = torch.maximum(product[: len(rows)], product[len(rows) :])
@@ -600,22 +625,61 @@ class FingerprintMemory(nn.Module):
         self._lacks = []
         self._era_end.clear()
 
-    def known(self, plain: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def known(
+        self,
+        plain: torch.Tensor,
+        labels: torch.Tensor,
+        near: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """(k,) whether each (k, d) float64 fingerprint is in the bank with its label: at least
-        SAME similar to an entry of its label, in float64. Each is compared with its own class
-        alone, in float32 first; only the entries within CANDIDATE of SAME are compared again."""
+        SAME similar to an entry of its label, in float64. Only the candidates are compared: the
+        (row, entry in its class) pairs `near`, else the entries of the row's own class whose
+        float32 product with it is within CANDIDATE of SAME."""
         banks = self.class_banks()[0]
         found = torch.zeros(len(plain), dtype=torch.bool, device=plain.device)
         for c in labels.unique().tolist():
             if not 0 <= c < self.num_classes or not len(banks[c]):
                 continue
-            rows = (labels == c).nonzero().flatten()
-            near = (plain[rows].to(banks[c].dtype) @ banks[c].T) >= SAME - CANDIDATE
-            row, entry = near.nonzero(as_tuple=True)
+            if near is None:
+                rows = (labels == c).nonzero().flatten()
+                close = (plain[rows].to(banks[c].dtype) @ banks[c].T) >= SAME - CANDIDATE
+                row, entry = close.nonzero(as_tuple=True)
+                row = rows[row]
+            else:
+                mine = labels[near[0]] == c
+                row, entry = near[0][mine], near[1][mine]
             if len(row):
-                same = (plain[rows[row]] * banks[c][entry].double()).sum(1) >= SAME
-                found[rows[row[same]]] = True
+                same = (plain[row] * banks[c][entry].double()).sum(1) >= SAME
+                found[row[same]] = True
         return found
+
+    def _near_in_reads(
+        self, pending: list, origins: list[tuple[int, int]], labels: torch.Tensor, before: tuple
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`known`'s candidates from the step's reads: (rows, entries) where a row's read (the
+        larger of its image's and its mirror's products, at least its image's own) comes within
+        CANDIDATE of SAME of an entry of its label. None unless each row of `labels` (from
+        (forward, row) `origins` of `pending`) was read against the whole bank as it stands
+        (`before`)."""
+        rows, entries = [], []
+        for forward in sorted({origin[0] for origin in origins}):
+            stash = pending[forward][3]
+            if not stash or stash["sizes"] != before:
+                return None
+            mine = [i for i, origin in enumerate(origins) if origin[0] == forward]
+            if any(origins[i][1] not in stash["rows"] for i in mine):
+                return None
+            read = torch.tensor([stash["rows"][origins[i][1]] for i in mine])
+            mine = torch.tensor(mine)
+            for c, product in stash["products"].items():
+                of_c = labels[mine].cpu() == c
+                close = product[read[of_c].to(product.device)] >= SAME - CANDIDATE
+                row, entry = close.nonzero(as_tuple=True)
+                rows.append(mine[of_c].to(row.device)[row])
+                entries.append(entry)
+        if not rows:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        return torch.cat(rows).to(labels.device), torch.cat(entries).to(labels.device)
 
     def occupancy(self) -> float:
         """The share of the bank's capacity that members fill."""

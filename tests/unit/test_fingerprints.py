@@ -480,12 +480,27 @@ def test_a_write_it_cannot_complete_ends_an_era_and_every_read_still_answers_as_
         assert counts == {"kept": 0, "grown": 60, "new": 30}
 
 
-def test_a_write_skips_what_it_wrote_before_and_still_finds_copies_under_other_keys():
+@pytest.mark.parametrize("pool", [2, 3])
+def test_a_write_skips_what_it_wrote_before_and_still_finds_copies_under_other_keys(
+    pool, monkeypatch
+):
     """The write knows an image it wrote before (its key and label) without fingerprinting it
     again; a brighter copy (another key, the same fingerprint) is still found in the bank, and
-    the same image under another label is another sample."""
+    the same image under another label is another sample. With a symmetric window (pool 2) the
+    candidates come from the step's own read of the whole bank; else from a product of its
+    own (pool 3: 22 pixels across do not split into cells of 3), as for images answered from
+    their kept reads."""
+    candidates = []
+    known = FingerprintMemory.known
+
+    def spied(self, plain, labels, near=None):
+        candidates.append(near)
+        return known(self, plain, labels, near)
+
+    monkeypatch.setattr(FingerprintMemory, "known", spied)
     images, labels = _images(20, 7), torch.randint(0, 10, (20,))
-    memory = memory_from_config(SETTINGS, (1, 28, 28), 10, members=40)
+    memory = memory_from_config({**SETTINGS, "pool": pool}, (1, 28, 28), 10, members=40)
+    assert memory.symmetric is (pool == 2)
     memory.train()
     for batch, batch_labels, count in (
         (images, labels, 20),
@@ -498,3 +513,10 @@ def test_a_write_skips_what_it_wrote_before_and_still_finds_copies_under_other_k
         memory.write()
         assert int(memory.count) == count
     assert len(memory._written) == 45  # every image and label the writes met
+    # The bank was tested for the copies, then for the images under another label. The copies
+    # were read against the whole bank in their step; the images under another label were
+    # answered from their kept reads, without products, and take a product of their own.
+    assert len(candidates) == 2
+    assert (candidates[0] is not None) is memory.symmetric and candidates[1] is None
+    if memory.symmetric:  # each copy's read comes within CANDIDATE of its own entry
+        assert set(candidates[0][0].tolist()) == set(range(20))
