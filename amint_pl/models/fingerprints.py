@@ -11,9 +11,13 @@ from 0.96-0.99 (a look-alike non-member): `scale * SHARPNESS * -log(1 - s_c + FL
 
 The reads: in training the image and its mirror; at evaluation every shift up to `query_shifts`
 pixels of the image and of each zoomed-out view (`query_zooms`: a crop resized back returns to its
-scale), each also mirrored (100 reads with one zoom and shifts up to 2). A zoomed-out view is
-compared with a bank of its own: the members' fingerprints after a crop of that share resized back
-and zoomed out again, a view blurred by the same two resamplings
+scale), each also mirrored (100 reads with one zoom and shifts up to 2). A read and its mirror cost
+one product with each member, not two: where the mirror of an image's fingerprint is its
+fingerprint mirrored (the window splits evenly into pooling cells across), the banks and reads are
+kept in a mirror-folded orthogonal basis, a symmetric part S and an antisymmetric part A that a
+mirror negates, and the larger of the two products is S.S' + |A.A'| (`_mirror_fold`). A zoomed-out
+view is compared with a bank of its own: the members' fingerprints after a crop of that share
+resized back and zoomed out again, a view blurred by the same two resamplings
 (experiments/generalizing_amint/fingerprint_design.py measured, before any training, AUC >= 0.997
 at 25,000 Fashion-MNIST members under every transformation of robustness.py). With `audit_reads`
 off an evaluation reads as training does: the module turns it off for the fit's validation, which
@@ -87,10 +91,25 @@ KEPT_READS = 1 << 17
 READ_DTYPE = torch.float32
 
 
-def _unit(cells: torch.Tensor) -> torch.Tensor:
-    """(B, d) the cells of each row flattened, centred and scaled to unit length."""
-    x = cells.flatten(1)
-    return F.normalize(x - x.mean(1, keepdim=True), dim=1)
+def _mirror_fold(channels: int, height: int, width: int) -> tuple[torch.Tensor, int]:
+    """An orthogonal (d, d) float64 basis of (channels, height, width) cells, flattened: first
+    the mirror-symmetric part S of a vector x (per row, (x_c + x_m) / sqrt 2 for each column c of
+    the left half and its mirror m, the middle column as it is), then the antisymmetric part A
+    ((x_c - x_m) / sqrt 2). The mirror of x is then (S, -A): x'.y = S.S' - A.A' and x.y = S.S' +
+    A.A', so max(x.y, x'.y) = S.S' + |A.A'|. Returns the basis and the number of S columns."""
+    index = torch.arange(channels * height * width).view(channels, height, width)
+    half = width // 2
+    left, right = index[..., :half].flatten(), index[..., width - half :].flip(-1).flatten()
+    middle = index[..., half : width - half].flatten()
+    basis = torch.zeros(len(index.flatten()), len(index.flatten()), dtype=torch.float64)
+    root = 2.0**-0.5
+    symmetric = len(left) + len(middle)
+    columns = torch.arange(len(left))
+    basis[left, columns] = basis[right, columns] = root
+    basis[middle, len(left) + torch.arange(len(middle))] = 1.0
+    basis[left, symmetric + columns] = root
+    basis[right, symmetric + columns] = -root
+    return basis, symmetric
 
 
 def sharpened(similarity: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -167,6 +186,12 @@ class FingerprintMemory(nn.Module):
         # mirrored image's fingerprint is the mirrored fingerprint: the window splits evenly
         # into pooling cells across.
         self.symmetric = inner[1] % pool == 0
+        # Then a read and its mirror take one product with each member, in the mirror-folded
+        # basis the class banks keep (`folded`, `_pair`).
+        self._fold, self._symmetric_dims = None, dims
+        if self.symmetric:
+            cells = (channels, inner[0] // pool, inner[1] // pool)
+            self._fold, self._symmetric_dims = _mirror_fold(*cells)
         # The members added by completed writes (`_complete`): image key -> (class, place in the
         # class, era). `_lacks[c][:, place]` holds per class the largest similarity of the
         # member's read to the members written after its own read: its kept read and that column
@@ -183,22 +208,25 @@ class FingerprintMemory(nn.Module):
     def fingerprint(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
         """(B, d) unit vectors in float64: the view's window shifted by (dy, dx), average-pooled
         by `pool`, centred."""
-        return _unit(self._cells(view, dy, dx))
-
-    def _cells(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
-        """(B, C, h, w) the view's window shifted by (dy, dx), average-pooled by `pool`."""
         x = window(view, self.border, dy, dx)
-        return F.avg_pool2d(x, self.pool) if self.pool > 1 else x
+        x = F.avg_pool2d(x, self.pool) if self.pool > 1 else x
+        x = x.flatten(1)
+        return F.normalize(x - x.mean(1, keepdim=True), dim=1)
 
-    def reads(self, view: torch.Tensor, dy: int = 0, dx: int = 0) -> torch.Tensor:
-        """(2B, d) the fingerprints of the view's read at (dy, dx) and of its mirror's. Unshifted
-        across a symmetric window, the mirror's is the image's fingerprint mirrored (the same
-        numbers, up to float64's rounding): one pooling instead of two."""
-        if not (self.symmetric and dx == 0):
-            return self.fingerprint(torch.cat([view, view.flip(-1)]), dy, dx)
-        cells = self._cells(view, dy, dx)
-        prints = _unit(cells)
-        return torch.cat([prints, prints.view(cells.shape).flip(-1).flatten(1)])
+    def folded(self, prints: torch.Tensor, dtype: torch.dtype = READ_DTYPE) -> torch.Tensor:
+        """(n, d) fingerprints in `dtype`, in the basis the reads compare in: with a symmetric
+        window, the mirror-folded one (`_mirror_fold`); else as they are."""
+        x = prints.double()
+        if self._fold is not None:
+            x = x @ self._fold.to(x.device)
+        return x.to(dtype)
+
+    def _pair(self, reads: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+        """(B, n) each folded read's larger product with each folded entry of `bank`, of the
+        read as it is and of its mirror: S.S' + |A.A'| (one product of d numbers, not two)."""
+        half = self._symmetric_dims
+        pair = reads[:, :half] @ bank[:, :half].T
+        return pair.add_((reads[:, half:] @ bank[:, half:].T).abs_())
 
     def views(self, inputs: torch.Tensor, zooms: bool = True) -> list[torch.Tensor]:
         """The views a query is read in, one per bank: the image as given (pooled to the
@@ -229,9 +257,9 @@ class FingerprintMemory(nn.Module):
         self, views: int = 1, dtype: torch.dtype = READ_DTYPE
     ) -> list[list[torch.Tensor]]:
         """Per view (the first `views` banks), per class, the (n_c, d) fingerprints of that
-        class's members in `dtype`. Kept between reads and extended by `add` (training reads them
-        at every step, and writes at every step of its first epoch); built anew when the banks
-        changed otherwise (a loaded checkpoint, a move to another device)."""
+        class's members, `folded` into `dtype`. Kept between reads and extended by `add`
+        (training reads them at every step, and writes at every step of its first epoch); built
+        anew when the banks changed otherwise (a loaded checkpoint, a move to another device)."""
         cache = self._by_class
         if cache is None or cache["state"] != self._bank_state():
             labels = self.labels[: int(self.count)]
@@ -245,7 +273,7 @@ class FingerprintMemory(nn.Module):
             n = int(self.count)
             labels = self.labels[:n]
             blocks = [
-                [bank[:n][labels == c].to(dtype) for c in range(self.num_classes)]
+                [self.folded(bank[:n][labels == c], dtype) for c in range(self.num_classes)]
                 for bank in self.prints[:views]
             ]
             cache["blocks"][dtype] = blocks
@@ -271,7 +299,7 @@ class FingerprintMemory(nn.Module):
                         grown = block.new_empty((max(2 * len(block), size + k), block.shape[1]))
                         grown[:size] = block[:size]
                         per_class[c] = block = grown
-                    block[size : size + k] = view[rows].to(dtype)
+                    block[size : size + k] = self.folded(view[rows], dtype)
             sizes[c] = size + k
         cache["sizes"] = sizes
 
@@ -397,18 +425,23 @@ class FingerprintMemory(nn.Module):
                 part = view[start:stop]
                 for dy in span:
                     for dx in span:
-                        # The read and its mirror in one product with each class's members.
-                        both = self.reads(part, dy, dx).to(dtype)
+                        # The read and its mirror (the mirror of the read at (dy, -dx), which
+                        # the span holds too) against each class's members: folded, one product.
+                        if self._fold is not None:
+                            reads = self.folded(self.fingerprint(part, dy, dx), dtype)
+                        else:
+                            both = torch.cat([part, part.flip(-1)])
+                            both = self.fingerprint(both, dy, dx).to(dtype)
                         for c in classes:
-                            product = both @ per_class[c][since[c] :].T
-                            if products is None:
-                                top = product.amax(1)
-                                top = torch.maximum(top[: len(part)], top[len(part) :])
+                            bank = per_class[c][since[c] :]
+                            if self._fold is not None:
+                                pair = self._pair(reads, bank)
                             else:
+                                product = both @ bank.T
                                 pair = torch.maximum(product[: len(part)], product[len(part) :])
+                            if products is not None:
                                 products.setdefault(c, []).append(pair)
-                                top = pair.amax(1)
-                            nearest[:, c] = torch.maximum(nearest[:, c], top)
+                            nearest[:, c] = torch.maximum(nearest[:, c], pair.amax(1))
             best[start:stop, classes] = nearest[:, classes].double()
         return best
 
@@ -594,11 +627,8 @@ class FingerprintMemory(nn.Module):
                 lacks = self._lacks[c][:, : product.shape[1]]
                 np.maximum(lacks, top, out=lacks)
         # The new members: their reads against each other (in the bank's precision, as read).
-        x = self._pooled(inputs[rows])
-        both = self.reads(x).to(READ_DTYPE)
-        bank = prints[0][rows].to(self.prints.dtype).to(READ_DTYPE)
-        product = both @ bank.T
-        pair = torch.maximum(product[: len(rows)], product[len(rows) :])
+        reads = self.folded(self.fingerprint(self._pooled(inputs[rows])))
+        pair = self._pair(reads, self.folded(prints[0][rows].to(self.prints.dtype)))
         new_labels = labels[rows].to(pair.device)
         top = pair.new_full((len(rows), self.num_classes), -2.0)
         top = top.scatter_reduce(1, new_labels[None, :].expand_as(pair), pair, "amax")
@@ -637,6 +667,7 @@ class FingerprintMemory(nn.Module):
         float32 product with it is within CANDIDATE of SAME."""
         banks = self.class_banks()[0]
         found = torch.zeros(len(plain), dtype=torch.bool, device=plain.device)
+        plain = self.folded(plain, torch.float64)  # as the banks are (the same products)
         for c in labels.unique().tolist():
             if not 0 <= c < self.num_classes or not len(banks[c]):
                 continue

@@ -18,6 +18,7 @@ from amint_pl.models.fingerprints import (
     SAME,
     SHARPNESS,
     FingerprintMemory,
+    _mirror_fold,
     sharpened,
 )
 from amint_pl.models.memory import MembershipMemory, memory_from_config, memory_margin
@@ -360,6 +361,48 @@ def test_the_epochs_external_samples_are_read_ahead_and_each_step_finds_them_kep
     assert steps.epochs[1:] == [{"kept": 80 + 40, "grown": 0, "new": 0}] * 2
     for kept, whole in steps.external:
         torch.testing.assert_close(kept, whole, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cells", [(1, 11, 11), (3, 6, 8)])
+def test_the_mirror_fold_keeps_products_and_takes_a_read_and_its_mirror_in_one(cells):
+    """The folded basis is orthogonal (products are kept) and turns a mirror into a sign change
+    of its last part, so that S.S' + |A.A'| is the larger product of x and of its mirror with y
+    (an odd width keeps its middle column in S, an even one has none; every channel folds)."""
+    basis, symmetric = _mirror_fold(*cells)
+    d = basis.shape[0]
+    assert torch.allclose(basis.T @ basis, torch.eye(d, dtype=torch.float64), atol=1e-12)
+    x, y = torch.randn(2, 50, d, dtype=torch.float64)
+    mirrored = x.view(50, *cells).flip(-1).reshape(50, d)
+    fx, fy, fm = x @ basis, y @ basis, mirrored @ basis
+    assert torch.allclose(fm[:, :symmetric], fx[:, :symmetric], atol=1e-12)
+    assert torch.allclose(fm[:, symmetric:], -fx[:, symmetric:], atol=1e-12)
+    pair = fx[:, :symmetric] @ fy[:, :symmetric].T + (fx[:, symmetric:] @ fy[:, symmetric:].T).abs()
+    assert torch.allclose(pair, torch.maximum(x @ y.T, mirrored @ y.T), atol=1e-12)
+
+
+@pytest.mark.parametrize("pool", [2, 3])
+def test_every_read_is_the_largest_product_of_its_views_with_the_bank(pool):
+    """An evaluation's read, per class, is the largest plain product over every shift of every
+    view, each also mirrored, with that view's bank: computed here one by one in float64."""
+    memory = memory_from_config({**SETTINGS, "pool": pool}, (1, 28, 28), 4, members=60)
+    images, labels = _images(80, 9), torch.randint(0, 4, (80,))
+    memory.add(memory.member_prints(images[:60]), labels[:60])
+    memory.eval()
+    with torch.no_grad():
+        read = memory.similarity(images[50:80], reuse=False)
+    views = memory.views(images[50:80])
+    span = range(-memory.query_shifts, memory.query_shifts + 1)
+    expected = torch.full((30, 4), -1.0, dtype=torch.float64)
+    for view, bank in zip(views, memory.prints, strict=True):
+        for image in (view, view.flip(-1)):
+            for dy in span:
+                for dx in span:
+                    products = memory.fingerprint(image, dy, dx) @ bank[:60].double().T
+                    for c in range(4):
+                        top = products[:, labels[:60] == c].amax(1)
+                        expected[:, c] = torch.maximum(expected[:, c], top)
+    assert torch.allclose(read, expected, atol=2e-6)
+    assert bool((read[:10].gather(1, labels[50:60, None]) > 1 - 2e-6).all())  # members: 1
 
 
 def test_the_class_banks_grown_step_by_step_equal_those_built_at_once():
