@@ -9,7 +9,8 @@ train pool (each written as training writes it), then times `similarity` on --qu
 interleaved (A B, B A, ...) so that load from other processes hits both alike. Printed and
 appended to --out (Markdown): seconds per 1,000 queries each way, the median ratio, the largest
 difference in the evidence the MINT head reads, and the AUC of the similarity to the query's
-label (members against test images) each way.
+label (members against test images) each way. With --against, another checkout's record reads the
+same queries against the same bank instead, both in float32.
 
     OMP_NUM_THREADS=1 python experiments/generalizing_amint/fingerprint_read.py \\
         --root /usr/share/datasets/fashion-mnist --members 20000 --queries 512 --repeats 3 \\
@@ -26,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fingerprint_step import memory_class
 
 from amint_pl.data.benchmarks import load_benchmark
 from amint_pl.evaluation.metrics import auc
 from amint_pl.models.fingerprints import FingerprintMemory, sharpened
 
 WRITE_CHUNK = 2000
+DTYPES = (torch.float64, torch.float32)
 
 
 def as_inputs(images: np.ndarray) -> torch.Tensor:
@@ -45,54 +48,69 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=20000)
     parser.add_argument("--queries", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--against", type=Path, default=None, help="another checkout: float32 reads both ways"
+    )
     parser.add_argument("--out", type=Path, default=None, help="Markdown file to append to")
     args = parser.parse_args()
 
     benchmark = load_benchmark("fashion_mnist", args.root)
     order = np.random.default_rng(0).permutation(len(benchmark.train.labels))[: args.members]
     images, labels = benchmark.train.images[order], benchmark.train.labels[order]
-    memory = FingerprintMemory(tuple(as_inputs(images[:1]).shape[1:]), 10, args.members)
-    for start in range(0, args.members, WRITE_CHUNK):
-        part = as_inputs(images[start : start + WRITE_CHUNK])
-        part_labels = torch.from_numpy(labels[start : start + WRITE_CHUNK])
-        memory.add(memory.member_prints(part), part_labels)
-    memory.eval()
+    # The ways a read is timed: (name, memory, dtype of the products).
+    classes = {"this checkout": FingerprintMemory}
+    if args.against is not None:
+        classes[str(args.against)] = memory_class(args.against)
+    memories = {}
+    for name, cls in classes.items():
+        memory = memories[name] = cls(tuple(as_inputs(images[:1]).shape[1:]), 10, args.members)
+        for start in range(0, args.members, WRITE_CHUNK):
+            part = as_inputs(images[start : start + WRITE_CHUNK])
+            part_labels = torch.from_numpy(labels[start : start + WRITE_CHUNK])
+            memory.add(memory.member_prints(part), part_labels)
+        memory.eval()
+    if args.against is None:
+        ways = [(str(d).removeprefix("torch."), memories["this checkout"], d) for d in DTYPES]
+    else:
+        # The other checkout first: the ratio reads as its time over this one's.
+        ways = [(name, memory, torch.float32) for name, memory in memories.items()][::-1]
     half = args.queries // 2
     queries = torch.cat([as_inputs(images[:half]), as_inputs(benchmark.test.images[:half])])
     query_labels = torch.from_numpy(np.concatenate([labels[:half], benchmark.test.labels[:half]]))
 
-    seconds: dict[torch.dtype, list[float]] = {torch.float64: [], torch.float32: []}
-    answers: dict[torch.dtype, torch.Tensor] = {}
+    seconds: dict[str, list[float]] = {name: [] for name, _, _ in ways}
+    answers: dict[str, torch.Tensor] = {}
     for repeat in range(args.repeats):
-        pair = [torch.float64, torch.float32]
-        for dtype in pair if repeat % 2 == 0 else pair[::-1]:
+        for name, memory, dtype in ways if repeat % 2 == 0 else ways[::-1]:
             start = time.perf_counter()
-            answers[dtype] = memory.similarity(queries, dtype, reuse=False)
-            seconds[dtype].append(time.perf_counter() - start)
-    ratios = [a / b for a, b in zip(seconds[torch.float64], seconds[torch.float32], strict=True)]
-    gap = (sharpened(answers[torch.float64]) - sharpened(answers[torch.float32])).abs().max()
-    own = {d: a.gather(1, query_labels[:, None]).squeeze(1).numpy() for d, a in answers.items()}
-    per_1000 = {d: 1000 * statistics.median(s) / len(queries) for d, s in seconds.items()}
+            answers[name] = memory.similarity(queries, dtype, reuse=False)
+            seconds[name].append(time.perf_counter() - start)
+    (first, *_), (second, *_) = ways
+    ratios = [a / b for a, b in zip(seconds[first], seconds[second], strict=True)]
+    gap = (sharpened(answers[first]) - sharpened(answers[second])).abs().max()
+    own = {n: a.gather(1, query_labels[:, None]).squeeze(1).numpy() for n, a in answers.items()}
+    per_1000 = {n: 1000 * statistics.median(s) / len(queries) for n, s in seconds.items()}
+    against = "" if args.against is None else f" --against {args.against}"
     lines = [
         f"## {time.strftime('%Y-%m-%d')}, {platform.node()}, {torch.get_num_threads()} thread(s), "
         f"torch {torch.__version__}",
         "",
         f"`OMP_NUM_THREADS={torch.get_num_threads()} python "
         f"experiments/generalizing_amint/fingerprint_read.py --members {args.members} "
-        f"--queries {args.queries} --repeats {args.repeats}`",
+        f"--queries {args.queries} --repeats {args.repeats}{against}`",
         "",
         f"{args.members} members in the bank, {len(queries)} queries (half members, half test "
         f"images), {args.repeats} repeats interleaved.",
         "",
-        "| products in | s per 1,000 queries | AUC of the label's similarity |",
+        f"| {'products in' if args.against is None else 'code (float32 products)'} | "
+        "s per 1,000 queries | AUC of the label's similarity |",
         "|---|---|---|",
         *(
-            f"| {str(d).removeprefix('torch.')} | {per_1000[d]:.2f} | "
-            f"{auc(own[d][:half], own[d][half:]):.4f} |"
-            for d in (torch.float64, torch.float32)
+            f"| {name} | {per_1000[name]:.2f} | {auc(own[name][:half], own[name][half:]):.4f} |"
+            for name, _, _ in ways
         ),
         "",
-        f"float64 / float32 time: median {statistics.median(ratios):.2f}x "
+        f"{first} / {second} time: median {statistics.median(ratios):.2f}x "
         f"(per repeat: {', '.join(f'{r:.2f}' for r in ratios)}); largest difference in the "
         f"evidence: {float(gap):.2e}.",
         "",

@@ -238,6 +238,28 @@ def test_the_fingerprint_step_bench_times_two_checkouts_on_the_same_steps(tmp_pa
     assert proc.returncode != 0 and "give the root of an amint_pl checkout" in proc.stderr
 
 
+@pytest.mark.skipif(
+    not Path(FASHION_MNIST).is_dir(), reason="Debian's dataset-fashion-mnist is not installed"
+)
+def test_the_evaluation_read_bench_times_two_precisions_or_two_checkouts(tmp_path):
+    """`fingerprint_read.py` reads the same queries against the same bank in float64 and float32,
+    or (--against, here this checkout) with another checkout's record: the same answers up to
+    float32's rounding, members found (AUC 1), and a checkout that is none refused in one line."""
+    out = tmp_path / "read.md"
+    args = ("--members", "300", "--queries", "32", "--repeats", "2", "--root", FASHION_MNIST)
+    for extra in ((), ("--against", str(REPO))):
+        proc = run_main("fingerprint_read", *args, *extra, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    precisions, checkouts = out.read_text().split("\n## ")
+    assert "| float64 |" in precisions and "| float32 |" in precisions
+    assert f"| {REPO} |" in checkouts and "| this checkout |" in checkouts
+    for part in (precisions, checkouts):
+        assert part.count("| 1.0000 |") == 2
+        assert float(re.search(r"evidence: (\S+)\.$", part, re.M)[1]) < 1e-3
+    proc = run_main("fingerprint_read", *args, "--against", str(tmp_path))
+    assert proc.returncode != 0 and "give the root of an amint_pl checkout" in proc.stderr
+
+
 def test_the_robustness_plot_takes_equal_seeds_whose_mean_rounds_past_them(tmp_path):
     """Three seeds of the same value, whose mean rounds above it: no negative error bar."""
     import robustness
