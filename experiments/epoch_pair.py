@@ -48,9 +48,11 @@ def stamp(text: str) -> float:
 
 
 def epochs_of(log: str) -> tuple[float | None, list[float], float | None]:
-    """(when training started, when each epoch ended, when evaluation started)."""
+    """(when training started, when each epoch ended, when evaluation started). An epoch's last
+    step may be reported twice, by the interval's line before the validation and by the epoch's
+    end after it: the last of its lines ends it."""
     started = evaluating = None
-    ends: list[float] = []
+    ends: dict[tuple[str, str], float] = {}
     for line in log.splitlines():
         if stage := STAGE.match(line):
             if stage[2] == "training" and started is None:
@@ -58,8 +60,8 @@ def epochs_of(log: str) -> tuple[float | None, list[float], float | None]:
             elif stage[2] == "evaluating":
                 evaluating = stamp(stage[1])
         elif (end := EPOCH_END.match(line)) and end[4] == end[5]:
-            ends.append(stamp(end[1]))
-    return started, ends, evaluating
+            ends[end[2], end[3]] = stamp(end[1])
+    return started, list(ends.values()), evaluating
 
 
 def run_side_by_side(commands: dict[str, list[str]], runs: Path) -> dict[str, str]:

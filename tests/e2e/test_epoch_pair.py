@@ -48,3 +48,24 @@ def test_a_run_that_cannot_start_is_named_with_the_fix(tmp_path):
     )
     assert proc.returncode != 0
     assert "run b ended" in proc.stderr and "fix its overrides" in proc.stderr
+
+
+def test_an_epoch_whose_last_step_is_reported_twice_ends_at_its_last_line():
+    """The interval's line can fall on an epoch's last step before its validation: the epoch ends
+    at the line after the validation, and counts once."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    from epoch_pair import epochs_of
+
+    log = "\n".join(
+        [
+            "[2026-12-02 19:02:03,565][amint_pl.run][INFO] - stage training (joint)",
+            "[2026-12-02 19:02:34,129][amint_pl.progress][INFO] - joint epoch 1/2 step 391/391 | x",
+            "[2026-12-02 19:02:35,692][amint_pl.progress][INFO] - joint epoch 1/2 step 391/391 | y",
+            "[2026-12-02 19:02:50,000][amint_pl.progress][INFO] - joint epoch 2/2 step 200/391 | z",
+            "[2026-12-02 19:03:03,854][amint_pl.progress][INFO] - joint epoch 2/2 step 391/391 | w",
+            "[2026-12-02 19:03:04,000][amint_pl.run][INFO] - stage evaluating",
+        ]
+    )
+    started, ends, evaluating = epochs_of(log)
+    assert [round(end - started, 3) for end in ends] == [32.127, 60.289]
+    assert round(evaluating - ends[-1], 3) == 0.146
