@@ -30,8 +30,14 @@ OUTPUT_FEATURES = ("loss", "probs", "entropy", "memory")
 LABELLED_FEATURES = ("loss", "memory")
 
 
+def need_logits(names: Sequence[str]) -> bool:
+    """Whether the output features `names` of labelled samples need the class logits: all but
+    the memory's."""
+    return any(name != "memory" for name in names)
+
+
 def output_statistics(
-    logits: torch.Tensor,
+    logits: torch.Tensor | None,
     labels: torch.Tensor | None,
     names: Sequence[str],
     memory_logits: torch.Tensor | None = None,
@@ -40,8 +46,14 @@ def output_statistics(
 
     `labels` None (an audit of unlabelled images) uses the predicted class as the label.
     `memory_logits` are the membership memory's (B, classes) logits, for the `memory` feature.
+    `logits` may be None where the labels are given and `memory` is the only feature.
     """
-    log_p = torch.log_softmax(logits.float(), dim=1)
+    if logits is None:
+        if labels is None or need_logits(names):
+            raise ValueError(f"the output features {list(names)} need the class logits: pass them")
+        log_p = None
+    else:
+        log_p = torch.log_softmax(logits.float(), dim=1)
     if labels is None:
         labels = log_p.argmax(1)
     columns = []
@@ -148,6 +160,12 @@ class MINTHead(nn.Module):
             nn.Linear(hidden, 1),
         )
 
+    @property
+    def reads_network(self) -> bool:
+        """Whether the head reads the audited network (its taps or its class logits) and not
+        the membership memory alone: a labelled sample's `memory` feature needs no logits."""
+        return self.use_taps or need_logits(self.output_features)
+
     def forward(
         self,
         taps: Sequence[torch.Tensor],
@@ -163,9 +181,7 @@ class MINTHead(nn.Module):
             else []
         )
         if self.output_features:
-            if logits is None:
-                raise ValueError("this MINT head reads output statistics: pass the class logits")
-            if self.detach_outputs:
+            if logits is not None and self.detach_outputs:
                 logits = logits.detach()
             if memory_logits is not None:
                 memory_logits = memory_logits.detach()  # the memory learns from CE alone

@@ -4,7 +4,8 @@ Phases (what `mint.mode` runs, in order):
 - active: `joint` — one forward over the mixed member/external batch; L = w_aud * CE(members)
   + w_mint * BCE(MINT logits, is_member); the MINT loss reaches the shared layers. With a head
   that reads only detached outputs (`head_reads_detached`) the MINT loss reaches no layer: the
-  members forward with the graph, the external samples without it (`batch_statistics`).
+  members forward with the graph, the external samples without it (`batch_statistics`), or, for
+  a head that reads the membership memory alone, through the memory alone.
 - passive: `audited` (CE alone), then `mint_head` (backbone frozen in eval mode, head trained on
   detached taps).
 - off: `audited` only.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import hydra
@@ -417,20 +419,32 @@ class AMINTModule(L.LightningModule):
         ):
             # The MINT loss reaches no layer of the audited model: only the members need its
             # graph. They forward with it, on their own BatchNorm statistics (as without aMINT);
-            # the external samples forward without it, normalised by the members' statistics.
+            # the external samples forward without it, normalised by the members' statistics,
+            # or, for a head that reads the membership memory alone, only the memory reads them.
             external = where["external_index"]
-            with recorded(norms) as statistics:
+            reads_network = self.mint_head.reads_network or self.memory is None
+            with recorded(norms) if reads_network else nullcontext() as statistics:
                 member_logits, _, member_memory = self.audited(
                     inputs.index_select(0, members),
                     None if clean is None else clean.index_select(0, members),
                 )
-            with torch.no_grad(), replayed(statistics):
-                external_logits, _, external_memory = self.audited(
-                    inputs.index_select(0, external),
-                    None if clean is None else clean.index_select(0, external),
+            external_inputs = inputs.index_select(0, external)
+            external_clean = None if clean is None else clean.index_select(0, external)
+            if reads_network:
+                with torch.no_grad(), replayed(statistics):
+                    external_logits, _, external_memory = self.audited(
+                        external_inputs, external_clean
+                    )
+                logits = batch_rows(
+                    len(role), (members, member_logits), (external, external_logits)
                 )
+            else:
+                with torch.no_grad():
+                    external_memory = self.memory(
+                        external_inputs if external_clean is None else external_clean
+                    )
+                logits = None
             ce = F.cross_entropy(member_logits, labels.index_select(0, members))
-            logits = batch_rows(len(role), (members, member_logits), (external, external_logits))
             memory = (
                 None
                 if member_memory is None

@@ -371,6 +371,20 @@ def test_mint_head_takes_any_number_of_taps_of_any_shape():
     assert head.mlp[0].in_features == 16 + 16 + 4 + 4
 
 
+def test_a_head_that_reads_the_memory_alone_needs_no_class_logits_of_labelled_samples():
+    torch.manual_seed(0)
+    logits, memory, labels = torch.randn(5, 10), torch.randn(5, 10), torch.arange(5)
+    alone = MINTHead([], output_features=["memory"], num_classes=10, use_taps=False)
+    assert not alone.reads_network
+    assert torch.equal(alone([], None, labels, memory), alone([], logits, labels, memory))
+    with pytest.raises(ValueError, match="need the class logits"):
+        alone([], None, None, memory)  # an unlabelled sample's label is its predicted class
+    both = MINTHead([], output_features=["loss", "memory"], num_classes=10, use_taps=False)
+    assert both.reads_network
+    with pytest.raises(ValueError, match="need the class logits"):
+        both([], None, labels, memory)
+
+
 def test_head_presets_compose_for_every_mint_mode():
     for mode in ("active", "passive", "off"):
         assert compose_config(f"mint={mode}").mint.head.conv_widths == [64, 64]

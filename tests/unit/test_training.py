@@ -342,24 +342,65 @@ DETACHED_HEAD = (
 )
 
 
+class CountTrainingRows(RecordBatches):
+    """RecordBatches, and the rows the audited network and the membership memory forward in
+    the training steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = {"backbone": 0, "memory": 0}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for name in self.rows:
+            if getattr(pl_module, name) is not None:
+                getattr(pl_module, name).register_forward_hook(self._counter(name))
+
+    def _counter(self, name):
+        def count(module, args, output) -> None:
+            if module.training:
+                self.rows[name] += len(args[0])
+
+        return count
+
+
 @pytest.mark.parametrize(
-    "preset",
-    [DETACHED_HEAD, ("mint=active_fingerprint", "dataset.image_size=16")],
-    ids=["detached_head", "fingerprint"],
+    ("preset", "network_reads_external"),
+    [
+        (DETACHED_HEAD, True),
+        (("mint=active_fingerprint", "dataset.image_size=16"), True),
+        (
+            (
+                "mint=active_fingerprint",
+                "dataset.image_size=16",
+                "mint.head.output_features=[memory]",
+            ),
+            False,
+        ),
+    ],
+    ids=["detached_head", "fingerprint", "fingerprint_memory_alone"],
 )
 def test_a_head_that_reads_detached_outputs_leaves_the_audited_network_as_mint_off_trains_it(
-    few_members, tmp_path, preset
+    few_members, tmp_path, preset, network_reads_external
 ):
     """Where the MINT loss reaches no layer of the audited model, the external samples forward
     apart (no graph), normalised by the members' BatchNorm statistics: over three epochs the
     audited network learns exactly what it learns without aMINT, running statistics included
-    (one forward over the whole batch would normalise the members by the external rows too)."""
+    (one forward over the whole batch would normalise the members by the external rows too).
+    A head that reads the membership memory alone has the memory alone read them."""
     size = [o for o in preset if o.startswith("dataset.image_size")]
     torch.manual_seed(0)
     off = _fit(few_members, 3, tmp_path / "off", None, "mint=off", *size)[2].lightning_module
     torch.manual_seed(0)
-    active = _fit(few_members, 3, tmp_path / "active", None, *preset)[2].lightning_module
+    counted = CountTrainingRows()
+    active = _fit(few_members, 3, tmp_path / "active", None, *preset, record=counted)
+    active = active[2].lightning_module
     assert active.head_reads_detached()
+    rows = [role for epoch in counted.epochs for batch in epoch for _, role in batch]
+    members = sum(role != ROLE_CODES["external"] for role in rows)
+    assert 0 < members < len(rows)
+    assert counted.rows["backbone"] == (len(rows) if network_reads_external else members)
+    if active.memory is not None:
+        assert counted.rows["memory"] == len(rows)
     trained = dict(off.backbone.state_dict())
     torch.manual_seed(0)
     start = _network_at_start(few_members, *size)  # what both began from: training moved it
