@@ -1,8 +1,9 @@
 """Membership metrics, the way the field reads them: AUC, TPR at low FPR, calibrated accuracy.
 
-Scores are oriented so that higher means "more likely a member". AUC and the ROC come from
-torchmetrics; scores are rank-transformed to (0, 1] first, which keeps their order (and so every
-ROC point) while avoiding torchmetrics' sigmoid squashing of unbounded scores into ties.
+Scores are oriented so that higher means "more likely a member". The AUC comes from the scores'
+ranks; the ROC from torchmetrics, the scores rank-transformed to (0, 1] first, which keeps their
+order (and so every ROC point) while avoiding torchmetrics' sigmoid squashing of unbounded scores
+into ties.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import rankdata
-from torchmetrics.functional.classification import binary_auroc, binary_roc
+from torchmetrics.functional.classification import binary_roc
 
 FPR_TARGETS = {"tpr_at_1%_fpr": 0.01, "tpr_at_0.1%_fpr": 0.001}
 # The metrics of a method that a run reports (its summary on every logger, the per-method table).
@@ -27,9 +28,13 @@ def _ranked(members: np.ndarray, nonmembers: np.ndarray) -> tuple[torch.Tensor, 
 
 
 def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
-    """Area under the ROC curve of member vs non-member scores."""
-    preds, target = _ranked(members, nonmembers)
-    return float(binary_auroc(preds, target))
+    """Area under the ROC curve of member vs non-member scores: the share of (member,
+    non-member) pairs in the right order, ties counting one half, from the scores' ranks in
+    double precision (exactly 1.0 for scores apart, at any number of samples)."""
+    scores = np.concatenate([members, nonmembers]).astype(np.float64)
+    ranks = rankdata(scores, method="average")
+    m = len(members)
+    return float((ranks[:m].sum() - m * (m + 1) / 2) / (m * len(nonmembers)))
 
 
 def roc(members: np.ndarray, nonmembers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

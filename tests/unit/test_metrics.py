@@ -45,6 +45,14 @@ def test_known_answers():
 def test_perfect_and_inverted_scores():
     assert membership_metrics(np.array([2.0, 3.0]), np.array([0.0, 1.0]))["auc"] == 1.0
     assert membership_metrics(np.array([0.0, 1.0]), np.array([2.0, 3.0]))["auc"] == 0.0
+    # At a run's sizes (360 CE-only members, 9,000 test non-members, most of them tied at a
+    # record's empty answer) too: exactly 1 and 0 (a float32 area read 0.99999994 here, and
+    # 1.0000001 in a run).
+    rng = np.random.default_rng(0)
+    members = rng.uniform(0.52, 0.6, 360)
+    nonmembers = np.r_[np.full(4000, 0.5), rng.uniform(0.4, 0.49, 5000)]
+    assert metrics.auc(members, nonmembers) == 1.0
+    assert metrics.auc(nonmembers, members) == 0.0
     assert tpr_at_fpr(np.array([2.0, 3.0]), np.array([0.0, 1.0]), 0.0) == 1.0
 
 
