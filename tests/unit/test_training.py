@@ -367,17 +367,17 @@ class CountTrainingRows(RecordBatches):
     ("preset", "network_reads_external"),
     [
         (DETACHED_HEAD, True),
-        (("mint=active_fingerprint", "dataset.image_size=16"), True),
         (
             (
                 "mint=active_fingerprint",
                 "dataset.image_size=16",
-                "mint.head.output_features=[memory]",
+                "mint.head.output_features=[loss,probs,memory]",
             ),
-            False,
+            True,
         ),
+        (("mint=active_fingerprint", "dataset.image_size=16"), False),
     ],
-    ids=["detached_head", "fingerprint", "fingerprint_memory_alone"],
+    ids=["detached_head", "fingerprint_and_outputs", "fingerprint"],
 )
 def test_a_head_that_reads_detached_outputs_leaves_the_audited_network_as_mint_off_trains_it(
     few_members, tmp_path, preset, network_reads_external
