@@ -19,6 +19,10 @@ its audited accuracy under each transformation: the reference a memory's accurac
     python experiments/generalizing_amint/robustness.py <run dir> [<run dir> ...] \\
         [--out experiments/results/generalizing/robustness.csv] [--append] [--plot robustness.png]
 
+`--transforms` picks among the targets' changes (TRANSFORMS, the default) and the harder ones
+beyond them (BEYOND: shifts up to 4 pixels, an 80% crop resized back, rotations up to 5 degrees,
+a Gaussian blur of radius 1).
+
 Columns: transform, method, seed, auc_strict, tpr01_strict (TPR at 0.1% FPR), aud_test_acc (the
 audited model's accuracy on the transformed test non-members; empty for `exact_hash`). An
 existing CSV is refused unless --append adds to it (rows already there, by transform, method and
@@ -39,12 +43,13 @@ import io
 import json
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from amint_pl.checkpoints import load_checkpoint
 from amint_pl.data.audit_inputs import Samples, load_run_splits, read_split
@@ -59,7 +64,7 @@ from amint_pl.models.memory import memory_margin, memory_record
 COLUMNS = ("transform", "method", "seed", "auc_strict", "tpr01_strict", "aud_test_acc")
 DEFAULT_OUT = Path("experiments/results/generalizing/robustness.csv")
 # The seed of the transformations' random draws (offset by the transformation's place in
-# TRANSFORMS): every run and method meets the same changed images.
+# ALL_TRANSFORMS): every run and method meets the same changed images.
 DRAW_SEED = 0
 
 
@@ -136,6 +141,35 @@ TRANSFORMS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] =
 }
 
 
+def rotate(images: np.ndarray, rng: np.random.Generator, most: float = 5.0) -> np.ndarray:
+    """Each image turned about its centre by an angle uniform in [-most, most] degrees (Pillow,
+    bilinear; black fills the corners)."""
+    out = np.empty_like(images)
+    angles = rng.uniform(-most, most, len(images))
+    for i, (image, angle) in enumerate(zip(images, angles, strict=True)):
+        out[i] = _array(_pil(image).rotate(float(angle), Image.BILINEAR), len(image))
+    return out
+
+
+def blur(images: np.ndarray, rng: np.random.Generator, radius: float = 1.0) -> np.ndarray:
+    """Pillow's Gaussian blur of `radius` pixels."""
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        out[i] = _array(_pil(image).filter(ImageFilter.GaussianBlur(radius)), len(image))
+    return out
+
+
+# Changes beyond the targets above, to find where a record stops: measured on request
+# (--transforms); their draws come after TRANSFORMS' (their place in ALL_TRANSFORMS).
+BEYOND: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "shift4": partial(shift, most=4),
+    "crop80": partial(crop, share=0.8),
+    "rotate5": rotate,
+    "blur1": blur,
+}
+ALL_TRANSFORMS = {**TRANSFORMS, **BEYOND}
+
+
 def image_hash(image: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(image).tobytes()).digest()
 
@@ -173,8 +207,8 @@ def rows_of_run(run_dir: Path, transforms: list[str]) -> list[dict]:
     if module.memory is not None:  # its logits, as the scoring computes them
         module.memory.register_forward_hook(lambda m, i, logits: memory_logits.append(logits))
     for name in transforms:
-        draws = np.random.default_rng(DRAW_SEED + list(TRANSFORMS).index(name))
-        changed = TRANSFORMS[name](images, draws)
+        draws = np.random.default_rng(DRAW_SEED + list(ALL_TRANSFORMS).index(name))
+        changed = ALL_TRANSFORMS[name](images, draws)
         memory_logits.clear()
         logits, mint = mint_score(
             module, Samples(changed, [{}] * len(changed), None, labels), batch
@@ -212,7 +246,7 @@ def design_parser(doc: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--members", type=int, default=25000)
     parser.add_argument("--scored", type=int, default=1000, help="members scored (x2 non-members)")
-    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=TRANSFORMS)
+    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=ALL_TRANSFORMS)
     parser.add_argument("--root", default="data/fashion_mnist")
     parser.add_argument("--out", type=Path, default=None)
     return parser
@@ -248,13 +282,13 @@ def design_rows(
     """One row per transformation of --transforms for a record measured before any training:
     `score(images, labels)` of the first --scored members and of the outsiders of `data`, each
     changed by the transformation (every script draws the same changes: the members DRAW_SEED +
-    its place in TRANSFORMS, the outsiders 100 more), and its AUC and TPR at 1% and 0.1% FPR,
+    its place in ALL_TRANSFORMS, the outsiders 100 more), and its AUC and TPR at 1% and 0.1% FPR,
     after the `fixed` values. Each row is printed (its `columns`) as it comes."""
     images, labels, outsiders, outsider_labels = data
     rows = []
     for name in args.transforms:
-        place = list(TRANSFORMS).index(name)
-        change = TRANSFORMS[name]
+        place = list(ALL_TRANSFORMS).index(name)
+        change = ALL_TRANSFORMS[name]
         members = change(images[: args.scored], np.random.default_rng(DRAW_SEED + place))
         member_scores = score(members, labels[: args.scored])
         changed = change(outsiders, np.random.default_rng(DRAW_SEED + 100 + place))
@@ -344,7 +378,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--append", action="store_true", help="add to an existing CSV")
     parser.add_argument("--plot", type=Path, default=None, help="default: the CSV's name, .png")
-    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=TRANSFORMS)
+    parser.add_argument("--transforms", nargs="+", default=list(TRANSFORMS), choices=ALL_TRANSFORMS)
     args = parser.parse_args()
     if args.out.exists() and not args.append:
         print(

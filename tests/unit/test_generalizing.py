@@ -1,6 +1,9 @@
 """The generalizing-aMINT mechanisms: output features, positive subsets, the
 membership memory, the preset."""
 
+import sys
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,7 @@ from amint_pl.models.memory import (
 )
 from amint_pl.models.mint_head import MINTHead, output_statistics
 from amint_pl.training.module import role_positions
+from tests.helpers import REPO
 
 SEEN, UNSEEN, EXTERNAL = (ROLE_CODES[r] for r in ("members_seen", "members_unseen", "external"))
 
@@ -265,3 +269,29 @@ def test_the_zoomed_out_query_finds_members_cropped_and_resized_back():
     assert float((unzoomed > 0.2 * floor).double().mean()) < 0.2
     # Smoothed detail lets unseen look-alikes share a row now and then, rarely.
     assert float((not_seen > 0.2 * floor).double().mean()) < 0.1
+
+
+def test_the_changes_beyond_the_targets_do_what_they_say():
+    """robustness.py's BEYOND: a shift of up to 4 pixels, a rotation of up to 5 degrees, a blur;
+    drawn after the targets' changes, whose draws stay as they were."""
+    sys.path.insert(0, str(REPO / "experiments" / "generalizing_amint"))
+    from robustness import ALL_TRANSFORMS, BEYOND, TRANSFORMS
+
+    assert list(ALL_TRANSFORMS)[: len(TRANSFORMS)] == list(TRANSFORMS)
+    dots = np.zeros((200, 1, 28, 28), np.uint8)
+    dots[:, :, 14, 14] = 255
+    places = np.argwhere(BEYOND["shift4"](dots, np.random.default_rng(0))[:, 0] == 255)
+    assert len(places) == 200  # one dot an image, moved whole
+    reach = np.abs(places[:, 1:] - 14).max(1)
+    assert reach.min() >= 1 and reach.max() == 4 and (reach > 2).mean() > 0.5
+    bars = np.zeros((50, 1, 28, 28), np.uint8)
+    bars[:, :, 14, 2:26] = 255
+    turned = BEYOND["rotate5"](bars, np.random.default_rng(0))[:, 0]
+    assert (turned[:, 14, 13:16] > 200).all()  # about the centre
+    # By at most 5 degrees: the bar's ends (12 pixels out) move by ~1 pixel, the ink stays.
+    assert ((turned[:, [13, 15]] > 0).any(axis=(1, 2))).mean() > 0.9
+    assert ((turned[:, [10, 18]] > 0).any(axis=(1, 2))).sum() == 0
+    assert abs(turned.sum((1, 2)) / 255 - 24).max() < 0.5
+    blurred = BEYOND["blur1"](dots[:3], np.random.default_rng(0))[:, 0]
+    assert (blurred[:, 14, 14] < 255).all() and (blurred[:, 13:16, 13:16] > 0).all()
+    assert abs(int(blurred.sum()) - 3 * 255) < 3 * 25  # the ink spread, not lost
