@@ -346,6 +346,7 @@ class FingerprintMemory(nn.Module):
                 stash.update(
                     sizes=sizes,
                     rows={row: n for n, row in enumerate(new)},
+                    nearest=whole,
                     products={
                         c: parts[0] if len(parts) == 1 else torch.cat(parts)
                         for c, parts in products.items()
@@ -534,7 +535,7 @@ class FingerprintMemory(nn.Module):
             near = None if distributed else self._near_in_reads(pending, origins, labels, before)
             added = self.add(prints, labels, near)
             if added.any():
-                mine = (pending, keys, origins, inputs, prints, labels)
+                mine = (pending, keys, origins, prints, labels)
                 if distributed or not self._complete(*mine, added, before):
                     self._end_era(before)
 
@@ -576,14 +577,13 @@ class FingerprintMemory(nn.Module):
         pending: list,
         keys: list,
         origins: list[tuple[int, int]],
-        inputs: torch.Tensor,
         prints: torch.Tensor,
         labels: torch.Tensor,
         added: torch.Tensor,
         before: tuple[int, ...] | None,
     ) -> bool:
         """Complete the kept reads with the members just added (`added` of this process's rows
-        `inputs`, `prints`, `labels`, `keys`, from (forward, row) `origins` of `pending`), when
+        `prints`, `labels`, `keys`, from (forward, row) `origins` of `pending`), when
         each of them was read in its forward against the whole bank as it stood (`before`) and
         the class banks were extended with them: the earlier tracked members' `_lacks` from
         those reads' products, transposed; the new members' reads with each other; then track
@@ -627,7 +627,7 @@ class FingerprintMemory(nn.Module):
                 lacks = self._lacks[c][:, : product.shape[1]]
                 np.maximum(lacks, top, out=lacks)
         # The new members: their reads against each other (in the bank's precision, as read).
-        reads = self.folded(self.fingerprint(self._pooled(inputs[rows])))
+        reads = self.folded(prints[0][rows])  # `fingerprint` of the rows, as their reads took it
         pair = self._pair(reads, self.folded(prints[0][rows].to(self.prints.dtype)))
         new_labels = labels[rows].to(pair.device)
         top = pair.new_full((len(rows), self.num_classes), -2.0)
@@ -702,6 +702,13 @@ class FingerprintMemory(nn.Module):
                 return None
             read = torch.tensor([stash["rows"][origins[i][1]] for i in mine])
             mine = torch.tensor(mine)
+            # Only a row whose read came that close to some entry of its label can have a
+            # candidate (the read's largest product per class, with room for float32's rounding).
+            own = stash["nearest"].cpu()[read, labels[mine].cpu()]
+            close_enough = own >= SAME - 2 * CANDIDATE
+            read, mine = read[close_enough], mine[close_enough]
+            if not len(mine):
+                continue
             for c, product in stash["products"].items():
                 of_c = labels[mine].cpu() == c
                 close = product[read[of_c].to(product.device)] >= SAME - CANDIDATE

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import hydra
@@ -420,36 +419,38 @@ class AMINTModule(L.LightningModule):
             # The MINT loss reaches no layer of the audited model: only the members need its
             # graph. They forward with it, on their own BatchNorm statistics (as without aMINT);
             # the external samples forward without it, normalised by the members' statistics,
-            # or, for a head that reads the membership memory alone, only the memory reads them.
+            # or, for a head that reads the membership memory alone, only the memory reads them:
+            # the whole batch in one read (one product of its rows with the bank), of which the
+            # members' share reaches their class logits and the external rows' reaches no loss.
             external = where["external_index"]
-            reads_network = self.mint_head.reads_network or self.memory is None
-            with recorded(norms) if reads_network else nullcontext() as statistics:
-                member_logits, _, member_memory = self.audited(
-                    inputs.index_select(0, members),
-                    None if clean is None else clean.index_select(0, members),
-                )
-            external_inputs = inputs.index_select(0, external)
-            external_clean = None if clean is None else clean.index_select(0, external)
-            if reads_network:
+            if self.mint_head.reads_network or self.memory is None:
+                with recorded(norms) as statistics:
+                    member_logits, _, member_memory = self.audited(
+                        inputs.index_select(0, members),
+                        None if clean is None else clean.index_select(0, members),
+                    )
                 with torch.no_grad(), replayed(statistics):
                     external_logits, _, external_memory = self.audited(
-                        external_inputs, external_clean
+                        inputs.index_select(0, external),
+                        None if clean is None else clean.index_select(0, external),
                     )
                 logits = batch_rows(
                     len(role), (members, member_logits), (external, external_logits)
                 )
-            else:
-                with torch.no_grad():
-                    external_memory = self.memory(
-                        external_inputs if external_clean is None else external_clean
+                memory = (
+                    None
+                    if member_memory is None
+                    else batch_rows(
+                        len(role), (members, member_memory), (external, external_memory)
                     )
+                )
+            else:
+                memory = self.memory(inputs if clean is None else clean)
+                member_logits, _ = self.backbone(inputs.index_select(0, members))
+                share = self.memory.logit_share(memory.index_select(0, members))
+                member_logits = member_logits + share.to(member_logits.dtype)
                 logits = None
             ce = F.cross_entropy(member_logits, labels.index_select(0, members))
-            memory = (
-                None
-                if member_memory is None
-                else batch_rows(len(role), (members, member_memory), (external, external_memory))
-            )
             mint_logits = self.mint_head([], logits, labels, memory)
             bce = mint_loss(mint_logits, role, mint_targets)
         elif self.phase == "joint":

@@ -344,11 +344,12 @@ DETACHED_HEAD = (
 
 class CountTrainingRows(RecordBatches):
     """RecordBatches, and the rows the audited network and the membership memory forward in
-    the training steps."""
+    the training steps, and their forwards."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows = {"backbone": 0, "memory": 0}
+        self.calls = {"backbone": 0, "memory": 0}
 
     def on_train_start(self, trainer, pl_module) -> None:
         for name in self.rows:
@@ -359,6 +360,7 @@ class CountTrainingRows(RecordBatches):
         def count(module, args, output) -> None:
             if module.training:
                 self.rows[name] += len(args[0])
+                self.calls[name] += 1
 
         return count
 
@@ -386,7 +388,8 @@ def test_a_head_that_reads_detached_outputs_leaves_the_audited_network_as_mint_o
     apart (no graph), normalised by the members' BatchNorm statistics: over three epochs the
     audited network learns exactly what it learns without aMINT, running statistics included
     (one forward over the whole batch would normalise the members by the external rows too).
-    A head that reads the membership memory alone has the memory alone read them."""
+    A head that reads the membership memory alone has the memory alone read them, with the
+    members, in one read a step."""
     size = [o for o in preset if o.startswith("dataset.image_size")]
     torch.manual_seed(0)
     off = _fit(few_members, 3, tmp_path / "off", None, "mint=off", *size)[2].lightning_module
@@ -400,7 +403,10 @@ def test_a_head_that_reads_detached_outputs_leaves_the_audited_network_as_mint_o
     assert 0 < members < len(rows)
     assert counted.rows["backbone"] == (len(rows) if network_reads_external else members)
     if active.memory is not None:
+        # A head on the memory alone has it read each step's whole batch at once.
+        steps = sum(len(epoch) for epoch in counted.epochs)
         assert counted.rows["memory"] == len(rows)
+        assert counted.calls["memory"] == (2 * steps if network_reads_external else steps)
     trained = dict(off.backbone.state_dict())
     torch.manual_seed(0)
     start = _network_at_start(few_members, *size)  # what both began from: training moved it
