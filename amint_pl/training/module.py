@@ -5,7 +5,8 @@ Phases (what `mint.mode` runs, in order):
   + w_mint * BCE(MINT logits, is_member); the MINT loss reaches the shared layers. With a head
   that reads only detached outputs (`head_reads_detached`) the MINT loss reaches no layer: the
   members forward with the graph, the external samples without it (`batch_statistics`), or, for
-  a head that reads the membership memory alone, through the memory alone.
+  a head that reads the membership memory alone, through the memory alone, in one read of the
+  whole batch.
 - passive: `audited` (CE alone), then `mint_head` (backbone frozen in eval mode, head trained on
   detached taps).
 - off: `audited` only.
