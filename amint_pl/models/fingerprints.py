@@ -627,8 +627,8 @@ class FingerprintMemory(nn.Module):
                 lacks = self._lacks[c][:, : product.shape[1]]
                 np.maximum(lacks, top, out=lacks)
         # The new members: their reads against each other (in the bank's precision, as read).
-        reads = self.folded(prints[0][rows])  # `fingerprint` of the rows, as their reads took it
-        pair = self._pair(reads, self.folded(prints[0][rows].to(self.prints.dtype)))
+        plain = prints[0][rows]  # `fingerprint` of the rows, as their reads took it
+        pair = self._pair(self.folded(plain), self.folded(plain.to(self.prints.dtype)))
         new_labels = labels[rows].to(pair.device)
         top = pair.new_full((len(rows), self.num_classes), -2.0)
         top = top.scatter_reduce(1, new_labels[None, :].expand_as(pair), pair, "amax")
@@ -704,13 +704,15 @@ class FingerprintMemory(nn.Module):
             mine = torch.tensor(mine)
             # Only a row whose read came that close to some entry of its label can have a
             # candidate (the read's largest product per class, with room for float32's rounding).
-            own = stash["nearest"].cpu()[read, labels[mine].cpu()]
+            mine_labels = labels[mine].cpu()
+            own = stash["nearest"].cpu()[read, mine_labels]
             close_enough = own >= SAME - 2 * CANDIDATE
             read, mine = read[close_enough], mine[close_enough]
+            mine_labels = mine_labels[close_enough]
             if not len(mine):
                 continue
             for c, product in stash["products"].items():
-                of_c = labels[mine].cpu() == c
+                of_c = mine_labels == c
                 close = product[read[of_c].to(product.device)] >= SAME - CANDIDATE
                 row, entry = close.nonzero(as_tuple=True)
                 rows.append(mine[of_c].to(row.device)[row])

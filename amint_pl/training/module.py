@@ -388,7 +388,11 @@ class AMINTModule(L.LightningModule):
         if self.memory is None:
             return logits, taps, None
         memory = self.memory(inputs if memory_inputs is None else memory_inputs)
-        return logits + self.memory.logit_share(memory).to(logits.dtype), taps, memory
+        return self.with_memory_share(logits, memory), taps, memory
+
+    def with_memory_share(self, logits: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """The network's class logits plus the memory's share of them (`logit_share`)."""
+        return logits + self.memory.logit_share(memory).to(logits.dtype)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         role, labels, inputs = batch["role"], batch["labels"], batch["inputs"]
@@ -448,8 +452,9 @@ class AMINTModule(L.LightningModule):
             else:
                 memory = self.memory(inputs if clean is None else clean)
                 member_logits, _ = self.backbone(inputs.index_select(0, members))
-                share = self.memory.logit_share(memory.index_select(0, members))
-                member_logits = member_logits + share.to(member_logits.dtype)
+                member_logits = self.with_memory_share(
+                    member_logits, memory.index_select(0, members)
+                )
                 logits = None
             ce = F.cross_entropy(member_logits, labels.index_select(0, members))
             mint_logits = self.mint_head([], logits, labels, memory)
