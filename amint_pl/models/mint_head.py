@@ -20,6 +20,7 @@ HEAD_KEYS = (
     "output_features",
     "tap_features",
     "detach_outputs",
+    "lr",
 )
 # Statistics of the audited model's outputs that the head may read beside its taps
 # (`mint.head.output_features`), each on a log scale where membership shows:

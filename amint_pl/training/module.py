@@ -211,6 +211,8 @@ class AMINTModule(L.LightningModule):
         )
         self.optim_cfg = dict(config["optim"])
         self.lr_schedule = str(self.optim_cfg.pop("schedule", "constant"))
+        head_lr = mint["head"].get("lr") if self.mode != "off" else None
+        self.head_lr = None if head_lr is None else float(head_lr)
         # The share of seen members used as MINT positives, and whether it rotates per epoch.
         self.positive_fraction = float(mint.get("positive_fraction", 1.0))
         self.rotate_positives = bool(mint.get("rotate_positives", False))
@@ -519,10 +521,17 @@ class AMINTModule(L.LightningModule):
             # training does, not in every audited view (~50x the products at the defaults).
             self.memory.audit_reads = self.trainer.state.fn != "fit"
 
+    def full_precision(self) -> torch.autocast:
+        """Scoring in float32 under a mixed precision (`trainer.precision=bf16-mixed`): bf16's 8 bits
+        of mantissa round the class and MINT logits into ties that move every AUC and TPR at low
+        FPR. Training keeps the mixed precision."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """The validation metrics on a batch of the calibration sets (the MINT head is not scored
         while only the audited model trains)."""
-        logits, mint_logits = self(batch["inputs"], batch["labels"])
+        with self.full_precision():
+            logits, mint_logits = self(batch["inputs"], batch["labels"])
         if self.phase == "audited":
             mint_logits = None
         role, labels, metrics = batch["role"], batch["labels"], self.validation_metrics
@@ -563,7 +572,8 @@ class AMINTModule(L.LightningModule):
     def predict_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        logits, mint_logits = self(batch["inputs"], batch["labels"])
+        with self.full_precision():
+            logits, mint_logits = self(batch["inputs"], batch["labels"])
         out = {k: batch[k] for k in ("index", "pool", "role", "labels")}
         out["logits"] = logits.float()
         if mint_logits is not None:
@@ -581,12 +591,14 @@ class AMINTModule(L.LightningModule):
             self.memory.write()
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
-        if self.phase == "mint_head":
-            params = list(self.mint_head.parameters())
-        elif self.phase == "audited":
-            params = self.audited_parameters()
-        else:
-            params = self.audited_parameters() + list(self.mint_head.parameters())
+        audited = [] if self.phase == "mint_head" else self.audited_parameters()
+        head = [] if self.phase == "audited" else list(self.mint_head.parameters())
+        params = audited + head
+        if self.head_lr is not None and head:
+            # A group of its own for the head (`mint.head.lr`); one group otherwise, as before.
+            params = [{"params": head, "lr": self.head_lr}]
+            if audited:
+                params.insert(0, {"params": audited})
         # conf/optim/*.yaml: the optimiser's class (`_target_`) and settings, `_partial_`.
         optimizer = hydra.utils.instantiate(self.optim_cfg)(params)
         if self.lr_schedule != "cosine":

@@ -428,3 +428,25 @@ def _network_at_start(digits, *overrides):
         benchmark.std,
     )
     return dict(module.backbone.state_dict())
+
+
+@pytest.mark.parametrize("phase", ["joint", "mint_head"])
+def test_the_mint_head_trains_at_its_own_rate_where_mint_head_lr_says(digits, phase):
+    """Adam's first step moves every parameter with a gradient by about its rate: optim.lr for the
+    audited model, mint.head.lr for the head."""
+    mode = "active" if phase == "joint" else "passive"
+    module, batch = _module_and_batch(digits, f"mint={mode}", "optim.lr=1e-3", "mint.head.lr=1e-5")
+    module.set_phase(phase)
+    before = copy.deepcopy(module)
+    _step(module, batch)
+    moved = {
+        n: float((p - dict(before.named_parameters())[n]).abs().max())
+        for n, p in module.named_parameters()
+    }
+    head = [v for n, v in moved.items() if n.startswith("mint_head.")]
+    audited = [v for n, v in moved.items() if n.startswith("backbone.")]
+    assert 0.5e-5 < max(head) < 2e-5
+    if phase == "joint":
+        assert 0.5e-3 < max(audited) < 2e-3
+    else:
+        assert max(audited) == 0.0

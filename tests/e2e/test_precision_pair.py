@@ -1,0 +1,33 @@
+"""`experiments/precision_pair.py`: one real aMINT step timed in float32 and under bf16 autocast,
+round by round."""
+
+import re
+import subprocess
+import sys
+
+from tests.helpers import REPO, process_env
+
+
+def test_each_round_times_both_precisions_and_the_table_gives_their_median_ratio(tmp_path):
+    out = tmp_path / "pair.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "precision_pair.py"),
+         "--model", "small_cnn", "--head", "light", "--taps", "entry",
+         "--batch", "16", "--rounds", "3", "--steps", "1", "--out", str(out)],
+        cwd=tmp_path, env=process_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    rows = [
+        line.strip("| ").split(" | ") for line in text.splitlines() if re.match(r"^\| \d", line)
+    ]
+    assert [row[0] for row in rows] == ["1", "2", "3"]
+    ratios = []
+    for _, fp32, bf16, shown in rows:
+        ratio = float(shown.rstrip("x"))
+        assert float(fp32) > 0 and float(bf16) > 0
+        assert abs(ratio - float(fp32) / float(bf16)) < 0.01 + 0.01 * ratio  # rounded to 3 places
+        ratios.append(ratio)
+    median = float(re.search(r"\*\*([\d.]+)x\*\*", text).group(1))
+    assert abs(median - sorted(ratios)[1]) < 0.006
+    assert "--model small_cnn --head light --taps entry" in text
