@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from study import ARCHITECTURES, CSV_PATH, key_of, plan  # noqa: E402
+from study import ARCHITECTURES, CSV_PATH, OFF_RECIPE, key_of, plan  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "experiments" / "reference" / "paper_table1.csv"
@@ -119,9 +119,10 @@ def seed0_runs(rows: list[dict[str, str]]) -> dict[str, dict[tuple[str, str, str
 def recipe_pairs(
     rows: list[dict[str, str]],
 ) -> dict[str, list[tuple[str, str, dict, dict, dict | None]]]:
-    """Per architecture, the recipes other than `ours` run at seed 0 both without aMINT and with
-    it (middle tap; the light head, the paper's for the `paper` recipe): [(recipe, epochs, off
-    row, active row, passive row or None)], in the CSV's order."""
+    """Per architecture, the recipes other than `ours` run at seed 0 with aMINT (middle tap; the
+    light head, the paper's for the `paper` recipe) and without it (a recipe that changes only
+    aMINT's side, `OFF_RECIPE`, pairs its base recipe's `mint=off`): [(recipe, epochs, off row,
+    active row, passive row or None)], in the CSV's order of the aMINT runs."""
     off, active, passive = {}, {}, {}
     for r in rows:
         if r["seed"] != "0" or r["recipe"] == "ours":
@@ -133,9 +134,10 @@ def recipe_pairs(
         elif (r["taps"], r["head"]) == ("middle", head):
             {"active": active, "passive": passive}.get(r["mode"], {})[key] = r
     pairs = defaultdict(list)
-    for key, row in off.items():
-        if key in active:
-            pairs[key[0]].append((key[1], key[2], row, active[key], passive.get(key)))
+    for (model, recipe, epochs), row in active.items():
+        base = off.get((model, OFF_RECIPE.get(recipe, recipe), epochs))
+        if base:
+            pairs[model].append((recipe, epochs, base, row, passive.get((model, recipe, epochs))))
     return pairs
 
 
@@ -218,20 +220,20 @@ def mark(ok: bool) -> str:
 
 
 def paper_recipe(rows: list[dict[str, str]]) -> list[str]:
-    """The `experiment=paper` rows with aMINT against the paper's own code on the same budget
-    (the recipe without aMINT has no MINT head to compare: the recipe table pairs it)."""
+    """The runs with the paper's head (`experiment=paper`, or another recipe with
+    `mint/head=paper`) against the paper's own code on the same budget."""
     lines = [
-        "| model | taps | seed | MINT AUC (paper) | >= 0.93 | aud. test acc | >= 0.69 | minutes "
-        "| < 18.9 |",
-        "|---|---|---:|---:|---|---:|---|---:|---|",
+        "| model | taps | recipe | seed | MINT AUC (paper) | >= 0.93 | aud. test acc | >= 0.69 "
+        "| minutes | < 18.9 |",
+        "|---|---|---|---:|---:|---|---:|---|---:|---|",
     ]
     for r in rows:
-        if r["recipe"] != "paper" or r["mode"] == "off":
+        if r["head"] != "paper" or r["mode"] == "off":
             continue
         auc, acc = number(r["mint_auc_paper"]), number(r["aud_test_acc"])
         minutes = float(r["wall_s"]) / 60
         lines.append(
-            f"| {r['model']} | {r['taps']} | {r['seed']} | {auc:.3f} | "
+            f"| {r['model']} | {r['taps']} | {r['recipe']} | {r['seed']} | {auc:.3f} | "
             f"{mark(auc >= PAPER_CODE['mint_auc_paper'])} | {acc:.3f} | "
             f"{mark(acc >= PAPER_CODE['aud_test_acc'])} | {minutes:.1f} | "
             f"{mark(minutes < PAPER_CODE['minutes'])} |"
@@ -375,11 +377,13 @@ def main() -> int:
         "@0.5' loosely. Recipes: `ours` = the run defaults (Adam lr 1e-3); `paper` = "
         "`experiment=paper` (Adam lr 1e-4, the paper's head); `ours_aug`, `ours_stem` and "
         "`ours_aug_clean`: `ours` with augmentation, the small stem, or both with the cosine "
-        "rate, 15 or 25 epochs and aMINT's head on the un-augmented images; `ours_cos`: `ours` "
-        "with the cosine rate, 20 epochs (`study.py`). Minutes are "
-        "wall time on 2 CPU "
-        "cores shared with other jobs (load 2-10): compare rows with each other, loosely; a run "
-        "resumed after an interruption counts every attempt's minutes.",
+        "rate, 15 or 25 epochs and aMINT's head on the un-augmented images; "
+        "`ours_aug_clean_half`: that with the MINT term at half weight and the checkpoint picked "
+        "by calibration accuracy, as `mint=off` picks it (its `off` row is `ours_aug_clean`'s); "
+        "`ours_cos`: `ours` with the cosine rate, 20 epochs; `ours_bf16`: `ours` in bf16 with the "
+        "paper's head at its own rate 1e-4 (`study.py`). Minutes are wall time on 2 CPU cores "
+        "shared with other jobs (load 2-10), one thread a run: compare rows with each other, "
+        "loosely; a run resumed after an interruption counts every attempt's minutes.",
         "",
         f"![the runs of seed 0 per architecture]({args.out.with_suffix('.png').name})",
         "",
@@ -393,12 +397,12 @@ def main() -> int:
     if faithful:
         out += [
             "",
-            "## The paper's recipe against the paper's own code",
+            "## The paper's head against the paper's own code",
             "",
-            "`experiment=paper` beside the paper's own code run on the same data and budget on "
+            "`experiment=paper` (and `ours_bf16`, the paper's head at our recipe) beside the paper's own code run on the same data and budget on "
             "this project's machine (`experiments/reference/README.md`: MINT AUC 0.931, test "
-            "accuracy 0.693, 18.9 minutes on 2 CPU cores). Our minutes ran on one thread beside other jobs, so that column compares "
-            "loosely.",
+            "accuracy 0.693, 18.9 minutes on 2 CPU cores). Our minutes ran on one thread beside "
+            "other jobs, so that column compares loosely.",
             "",
             *faithful,
         ]

@@ -123,18 +123,21 @@ def test_the_targets_judge_every_recipe_run_both_with_and_without_amint():
         row("off", "0.81", "ours_cos", "20"),
         row("active", "0.785", "ours_cos", "20"),  # 2.5 points below
         row("passive", "0.81", "ours_cos", "20", auc="0.64"),  # aMINT's 0.92 beats it
+        row("active", "0.805", "ours_aug_clean_half", "25"),  # beside ours_aug_clean's off
     ]
     lines = table.targets(rows)[2:]
     assert [line.split(" | ")[:5] for line in lines] == [
         ["| mobilenet", "ours, 10 epochs", "0.766", "0.756", "**no**"],
         ["| mobilenet", "ours_aug_clean, 25 epochs", "0.821", "0.803", "yes"],
         ["| mobilenet", "ours_cos, 20 epochs", "0.810", "0.785", "**no**"],
+        ["| mobilenet", "ours_aug_clean_half, 25 epochs", "0.821", "0.805", "yes"],
     ]
     # The passive head and the verdict where one was trained at the recipe, "-" elsewhere.
     assert [line.split(" | ")[6:] for line in lines] == [
         ["-", "0.510", "- |"],
         ["-", "0.510", "- |"],
         ["0.640", "0.510", "yes |"],
+        ["-", "0.510", "- |"],
     ]
 
 
@@ -163,10 +166,20 @@ def test_recipe_pairs_set_each_recipes_off_beside_its_active_with_the_paper_head
 
 
 def test_the_paper_recipe_table_compares_the_runs_with_a_head_with_the_papers_code():
-    def row(mode, acc, auc="", head="paper"):
+    def row(mode, acc, auc="", head="paper", recipe="paper", wall_s="600"):
         return {"model": "mobilenet", "mode": mode, "taps": "middle" if head != "-" else "-",
-                "head": head, "seed": "0", "recipe": "paper", "aud_test_acc": acc,
-                "mint_auc_paper": auc, "wall_s": "600", "epochs": "10"}  # fmt: skip
+                "head": head, "seed": "0", "recipe": recipe, "aud_test_acc": acc,
+                "mint_auc_paper": auc, "wall_s": wall_s, "epochs": "10"}  # fmt: skip
 
-    lines = table.paper_recipe([row("off", "0.6348", head="-"), row("active", "0.5642", "0.9724")])
-    assert lines[2:] == ["| mobilenet | middle | 0 | 0.972 | yes | 0.564 | **no** | 10.0 | yes |"]
+    lines = table.paper_recipe(
+        [
+            row("off", "0.6348", head="-"),
+            row("active", "0.5642", "0.9724"),
+            row("active", "0.80", "0.85", head="light", recipe="ours"),  # not the paper's head
+            row("active", "0.75", "0.95", recipe="ours_bf16", wall_s="1200"),
+        ]
+    )
+    assert lines[2:] == [
+        "| mobilenet | middle | paper | 0 | 0.972 | yes | 0.564 | **no** | 10.0 | yes |",
+        "| mobilenet | middle | ours_bf16 | 0 | 0.950 | yes | 0.750 | yes | 20.0 | **no** |",
+    ]
