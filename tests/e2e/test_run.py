@@ -161,7 +161,7 @@ def test_the_defaults_learn_digits_and_a_run_writing_to_a_file_tells_its_story(
     )
 
 
-def test_a_bf16_mixed_run_trains_in_bf16_and_scores_in_float32(run_amint):
+def test_a_bf16_mixed_run_scores_every_sample_in_float32(run_amint):
     """bf16 keeps 8 bits of mantissa: membership scores computed in it collapse into a few hundred
     values, and AUCs and TPRs at low FPR move with the ties. Training may use it; scores may not."""
     _, run_dir = run_amint(
