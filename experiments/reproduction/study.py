@@ -27,6 +27,7 @@ Recipes (the `recipe` column):
   the paper's head, whose convolutions cost ten times the network's at the middle tap; the head
   trains at the paper's rate (`mint.head.lr=1e-4`: at 1e-3 it dies in the first epoch).
 - `ours_bf16_w2`: `ours_bf16` with the MINT term at twice the weight (`mint.w_mint=2`).
+- `ours_bf16_cos`: `ours_bf16` with the cosine rate (both rates down to 0 over the 10 epochs).
 - `ours_cos`: `ours` with the cosine rate and 20 epochs, for the ViT, which at 10 epochs has not
   yet fitted its members (train accuracy 0.82).
 """
@@ -128,6 +129,8 @@ class Row:
             args += ["trainer.precision=bf16-mixed", "mint.head.lr=1e-4"]
         if self.recipe == "ours_bf16_w2":
             args.append("mint.w_mint=2")
+        if self.recipe == "ours_bf16_cos":
+            args.append("optim.schedule=cosine")
         args.append(f"mint={self.mode}")
         if self.mode != "off":
             args += [f"mint/head={self.head}", f"mint.taps={self.taps}"]
@@ -167,9 +170,11 @@ def plan() -> list[Row]:
     ]
     # aMINT's accuracy cost there: a lighter MINT term, the checkpoint picked as `mint=off` picks it.
     rows.append(Row("mobilenet", "middle", "active", "light", 0, "ours_aug_clean_half", epochs=25))
-    # The paper's head at the run defaults' rate, in bf16, and with its term weighing twice.
+    # The paper's head at the run defaults' rate, in bf16; with its term weighing twice; with the
+    # cosine rate.
     rows += [
-        Row("mobilenet", "middle", "active", "paper", 0, r) for r in ("ours_bf16", "ours_bf16_w2")
+        Row("mobilenet", "middle", "active", "paper", 0, r)
+        for r in ("ours_bf16", "ours_bf16_w2", "ours_bf16_cos")
     ]
     # The ViT under-fits in 10 epochs: does a longer, decaying rate take it past 0.80?
     rows += [

@@ -26,7 +26,11 @@ def test_each_round_times_both_precisions_and_the_table_gives_their_median_ratio
     for _, fp32, bf16, shown in rows:
         ratio = float(shown.rstrip("x"))
         assert float(fp32) > 0 and float(bf16) > 0
-        assert abs(ratio - float(fp32) / float(bf16)) < 0.01 + 0.01 * ratio  # rounded to 3 places
+        # Each time is printed to 3 places and the ratio to 2: the ratio of the times as printed,
+        # within their rounding.
+        low = (float(fp32) - 5e-4) / (float(bf16) + 5e-4) - 5e-3
+        high = (float(fp32) + 5e-4) / (float(bf16) - 5e-4) + 5e-3
+        assert low <= ratio <= high, (fp32, bf16, shown)
         ratios.append(ratio)
     median = float(re.search(r"\*\*([\d.]+)x\*\*", text).group(1))
     assert abs(median - sorted(ratios)[1]) < 0.006

@@ -440,7 +440,7 @@ def test_the_mint_head_trains_at_its_own_rate_where_mint_head_lr_says(digits, ph
     before = copy.deepcopy(module)
     _step(module, batch)
     moved = {
-        n: float((p - dict(before.named_parameters())[n]).abs().max())
+        n: float((p - dict(before.named_parameters())[n]).detach().abs().max())
         for n, p in module.named_parameters()
     }
     head = [v for n, v in moved.items() if n.startswith("mint_head.")]
