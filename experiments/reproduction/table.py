@@ -401,8 +401,9 @@ def main() -> int:
             "",
             "`experiment=paper` (and `ours_bf16`, the paper's head at our recipe) beside the paper's own code run on the same data and budget on "
             "this project's machine (`experiments/reference/README.md`: MINT AUC 0.931, test "
-            "accuracy 0.693, 18.9 minutes on 2 CPU cores). Our minutes ran on one thread beside "
-            "other jobs, so that column compares loosely.",
+            "accuracy 0.693, 18.9 minutes of training on 2 CPU cores). Our minutes are the whole "
+            "run's, on one thread beside other jobs (loosely comparable), but for `ours_bf16_cos`: "
+            "two threads, nothing else running, 21.5 of its 22.5 minutes training.",
             "",
             *faithful,
         ]
