@@ -381,9 +381,11 @@ def main() -> int:
         "`ours_aug_clean_half`: that with the MINT term at half weight and the checkpoint picked "
         "by calibration accuracy, as `mint=off` picks it (its `off` row is `ours_aug_clean`'s); "
         "`ours_cos`: `ours` with the cosine rate, 20 epochs; `ours_bf16`: `ours` in bf16 with the "
-        "paper's head at its own rate 1e-4 (`study.py`). Minutes are wall time on 2 CPU cores "
-        "shared with other jobs (load 2-10), one thread a run: compare rows with each other, "
-        "loosely; a run resumed after an interruption counts every attempt's minutes.",
+        "paper's head at its own rate 1e-4, `ours_bf16_w2` and `ours_bf16_cos` that with twice "
+        "the MINT weight or the cosine rate (`study.py`). Minutes are wall time on 2 CPU cores "
+        "shared with other jobs (load 2-10), one thread a run (`ours_bf16_cos`: two, alone): "
+        "compare rows with each other, loosely; a run resumed after an interruption counts every "
+        "attempt's minutes.",
         "",
         f"![the runs of seed 0 per architecture]({args.out.with_suffix('.png').name})",
         "",
@@ -399,8 +401,8 @@ def main() -> int:
             "",
             "## The paper's head against the paper's own code",
             "",
-            "`experiment=paper` (and `ours_bf16`, the paper's head at our recipe) beside the paper's own code run on the same data and budget on "
-            "this project's machine (`experiments/reference/README.md`: MINT AUC 0.931, test "
+            "`experiment=paper` and the `ours_bf16` rows (the paper's head at our recipe) beside "
+            "the paper's own code run on the same data and budget on this project's machine (`experiments/reference/README.md`: MINT AUC 0.931, test "
             "accuracy 0.693, 18.9 minutes of training on 2 CPU cores). Our minutes are the whole "
             "run's, on one thread beside other jobs (loosely comparable), but for `ours_bf16_cos`: "
             "two threads, nothing else running, 21.5 of its 22.5 minutes training.",
