@@ -593,12 +593,11 @@ class AMINTModule(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
         audited = [] if self.phase == "mint_head" else self.audited_parameters()
         head = [] if self.phase == "audited" else list(self.mint_head.parameters())
-        params = audited + head
-        if self.head_lr is not None and head:
-            # A group of its own for the head (`mint.head.lr`); one group otherwise, as before.
-            params = [{"params": head, "lr": self.head_lr}]
-            if audited:
-                params.insert(0, {"params": audited})
+        if self.head_lr is None:
+            params = audited + head  # one group
+        else:  # the head in a group of its own, at `mint.head.lr`
+            groups = ({"params": audited}, {"params": head, "lr": self.head_lr})
+            params = [group for group in groups if group["params"]]
         # conf/optim/*.yaml: the optimiser's class (`_target_`) and settings, `_partial_`.
         optimizer = hydra.utils.instantiate(self.optim_cfg)(params)
         if self.lr_schedule != "cosine":
