@@ -219,10 +219,12 @@ class RecordBatches(L.Callback):
     def __init__(self) -> None:
         self.epochs: list[list[list[tuple[int, int]]]] = []
         self.rates: list[float] = []  # the learning rate each epoch trains at
+        self.group_rates: list[list[float]] = []  # the same, of every parameter group
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.epochs.append([])
         self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+        self.group_rates.append([g["lr"] for g in trainer.optimizers[0].param_groups])
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         pairs = zip(batch["index"].tolist(), batch["role"].tolist(), strict=True)
@@ -332,6 +334,26 @@ def test_the_cosine_schedule_falls_each_epoch_and_a_resume_continues_it(
     resumed = RecordBatches()
     _fit(few_members, epochs, tmp_path / "stopped", last, COSINE, record=resumed)
     assert stopped.rates + resumed.rates == pytest.approx(expected)
+
+
+def test_the_heads_own_rate_follows_the_cosine_schedule_through_a_resume(few_members, tmp_path):
+    """mint.head.lr: the head's group falls on the schedule beside the network's, epoch by epoch,
+    and a run resumed from its last checkpoint continues both."""
+    epochs, rates = 4, {"network": 1e-3, "head": 1e-5}
+    expected = [
+        [r * (1 + math.cos(math.pi * e / epochs)) / 2 for r in rates.values()]
+        for e in range(epochs)
+    ]
+    head_lr = f"mint.head.lr={rates['head']}"
+    whole = RecordBatches()
+    _fit(few_members, epochs, tmp_path / "whole", None, COSINE, head_lr, record=whole)
+    assert whole.group_rates == [pytest.approx(r) for r in expected]
+    stopped = StopAfter(2)
+    _fit(few_members, epochs, tmp_path / "stopped", None, COSINE, head_lr, record=stopped)
+    resumed = RecordBatches()
+    last = tmp_path / "stopped" / "last.ckpt"
+    _fit(few_members, epochs, tmp_path / "stopped", last, COSINE, head_lr, record=resumed)
+    assert stopped.group_rates + resumed.group_rates == [pytest.approx(r) for r in expected]
 
 
 DETACHED_HEAD = (
