@@ -52,6 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -452,7 +453,9 @@ def raw_run(
                 part.to(memory_format=torch.channels_last)
             if settings.compile and part is not weighting:
                 part.compile()
-        optimizer = torch.optim.Adam([*backbone.parameters(), *head.parameters()], lr=1e-3)
+        # The run's optimiser (conf/optim/*.yaml), without the schedule the run steps per epoch.
+        optim = {k: v for k, v in cfg["optim"].items() if k != "schedule"}
+        optimizer = instantiate(optim)([*backbone.parameters(), *head.parameters()])
         samples = IndexedSamples(
             (benchmark.train, benchmark.test), *catalogue(splits, TRAIN_POOL_ROLES)
         )

@@ -80,14 +80,55 @@ def output_feature_width(names: Sequence[str], num_classes: int) -> int:
     return sum(num_classes if name == "probs" else 1 for name in names)
 
 
+class SmallMapConv2d(nn.Conv2d):
+    """A 3x3 convolution with padding 1 that, on a map of at most `SMALL_MAP` positions, computes
+    only the products whose kernel position falls inside the map.
+
+    On a 2x2 map a 3x3 kernel meets the map at 16 of the 36 (output position, kernel position)
+    pairs, on a 1x1 map at 1 of 9: the rest multiply the zero padding. Here each kernel position
+    is one matrix product over the output positions it reaches (a shifted 1x1 convolution), so
+    the result equals `nn.Conv2d`'s up to the order of the sums, with the same parameters (and
+    the same state dict). Larger maps take `nn.Conv2d`'s own path.
+    """
+
+    SMALL_MAP = 9
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, channels, height, width = x.shape
+        if height * width > self.SMALL_MAP:
+            return super().forward(x)
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        # (kernel position, in, out): one contiguous matrix per kernel position; one cast.
+        kernels = self.weight.to(dtype).permute(2, 3, 1, 0).reshape(9, channels, -1).unbind(0)
+        rows = x.to(dtype).permute(0, 2, 3, 1)  # (N, H, W, C)
+        out = None
+        for position, kernel in enumerate(kernels):
+            dy, dx = position // 3 - 1, position % 3 - 1
+            top, bottom = max(0, -dy), min(height, height - dy)
+            left, right = max(0, -dx), min(width, width - dx)
+            if top >= bottom or left >= right:
+                continue  # this kernel position meets only padding
+            part = rows[:, top + dy : bottom + dy, left + dx : right + dx] @ kernel
+            # Summed in float32, as a convolution accumulates, and rounded to `dtype` once.
+            part = nn.functional.pad(
+                part.float(), (0, 0, left, width - right, top, height - bottom)
+            )
+            out = part if out is None else out + part
+        return (out + self.bias).to(dtype).permute(0, 3, 1, 2)
+
+
 def tap_branch(shape: Sequence[int], widths: Sequence[int]) -> nn.Sequential:
     """3x3 conv, ReLU, 2x2 max-pool (when the map is at least 2x2), 3x3 conv, ReLU, global max-pool."""
     channels, height, width = shape
     first, second = widths
-    layers: list[nn.Module] = [nn.Conv2d(channels, first, 3, padding=1), nn.ReLU(inplace=True)]
+    layers: list[nn.Module] = [SmallMapConv2d(channels, first), nn.ReLU(inplace=True)]
     if min(height, width) >= 2:
         layers.append(nn.MaxPool2d(2))
-    layers += [nn.Conv2d(first, second, 3, padding=1), nn.ReLU(inplace=True)]
+    layers += [SmallMapConv2d(first, second), nn.ReLU(inplace=True)]
     layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
     return nn.Sequential(*layers)
 

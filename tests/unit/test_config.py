@@ -17,6 +17,7 @@ def test_paper_preset_is_the_papers_recipe():
         "_partial_": True,
         "lr": 1.0e-4,
         "weight_decay": 0.0,
+        "fused": True,
         "schedule": "constant",
     }
     assert cfg["batch_size"] == 128  # 64 members + 64 external samples per step

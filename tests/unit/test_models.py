@@ -19,7 +19,7 @@ from amint_pl.models.backbones import (
     build_backbone,
     resolve_patch_size,
 )
-from amint_pl.models.mint_head import MINTHead, mint_head_from_config
+from amint_pl.models.mint_head import MINTHead, SmallMapConv2d, mint_head_from_config
 from tests.helpers import CONF, compose_config
 
 PRESETS = ("entry", "middle", "output")
@@ -369,6 +369,27 @@ def test_mint_head_takes_any_number_of_taps_of_any_shape():
     taps = [torch.randn(3, *shape) for shape in shapes]
     assert head(taps).shape == (3,)
     assert head.mlp[0].in_features == 16 + 16 + 4 + 4
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 2), (3, 3), (1, 5), (2, 4), (4, 4), (7, 5)])
+def test_the_heads_small_map_convolution_equals_a_3x3_convolution_and_its_gradients(size):
+    torch.manual_seed(0)
+    small, conv = SmallMapConv2d(6, 10), nn.Conv2d(6, 10, 3, padding=1)
+    conv.load_state_dict(small.state_dict())  # the same parameters, the same checkpoint keys
+    x = torch.randn(4, 6, *size)
+    ours, theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = small(ours)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    conv(theirs).backward(grad)
+    torch.testing.assert_close(out, conv(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(small.weight.grad, conv.weight.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(small.bias.grad, conv.bias.grad, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, reference = small(x), conv(x)
+    assert low.dtype == reference.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference.float(), rtol=0.02, atol=0.02)
 
 
 def test_a_head_that_reads_the_memory_alone_needs_no_class_logits_of_labelled_samples():
