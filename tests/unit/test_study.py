@@ -27,7 +27,13 @@ def test_rows_to_run_skip_the_done_ones_and_keep_to_the_filters():
     assert study.to_run(set()) == plan
     seed_one = study.to_run(done, models=["mobilenet"], seeds=[1])
     assert seed_one and all(r.model == "mobilenet" and r.seed == 1 for r in seed_one)
-    assert {r.recipe for r in seed_one} == {"ours", "paper"}
+    assert {r.recipe for r in seed_one} == {
+        "ours",
+        "paper",
+        "ours_aug_clean",
+        "ours_aug_clean_half",
+        "ours_bf16_cos",
+    }
     assert study.to_run(done, models=["mobilenet"], recipes=["paper"], seeds=[1, 2]) == [
         r for r in plan if r.seed in (1, 2) and r.recipe == "paper"
     ]
@@ -40,8 +46,10 @@ def test_rows_to_run_skip_the_done_ones_and_keep_to_the_filters():
     ]
 
 
-def test_a_recorded_run_is_done_only_for_its_own_number_of_epochs(tmp_path):
-    short, long = [r for r in study.plan() if r.recipe == "ours_aug_clean" and r.mode == "off"]
+def test_a_recorded_run_is_done_only_for_its_own_number_of_epochs(tmp_path, monkeypatch):
+    short, long = [
+        r for r in study.plan() if r.recipe == "ours_aug_clean" and r.mode == "off" and r.seed == 0
+    ]
     assert (short.epochs, long.epochs) == (15, 25) and short.key != long.key
     run_dir = tmp_path / long.name
     run_dir.mkdir()
@@ -51,14 +59,17 @@ def test_a_recorded_run_is_done_only_for_its_own_number_of_epochs(tmp_path):
         "membership": {"paper": {"loss": {"auc": 0.51}}},
     }
     (run_dir / "results.json").write_text(json.dumps(results))
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     line = study.record(long, run_dir, wall_s=60.0)
+    assert line["threads"] == "2"  # the table takes only such a run's minutes as a timing
     assert study.key_of({k: str(v) for k, v in line.items()}) == long.key
     csv_path = tmp_path / "study.csv"
     with csv_path.open("w", newline="") as f:
         writer = study.csv.DictWriter(f, fieldnames=study.COLUMNS)
         writer.writeheader()
         writer.writerow(line)
-    todo = study.to_run(study.done_keys(csv_path), recipes=["ours_aug_clean"], modes=["off"])
+    done = study.done_keys(csv_path)
+    todo = study.to_run(done, recipes=["ours_aug_clean"], modes=["off"], seeds=[0])
     assert todo == [short]
 
 
@@ -166,10 +177,11 @@ def test_recipe_pairs_set_each_recipes_off_beside_its_active_with_the_paper_head
 
 
 def test_the_paper_recipe_table_compares_the_runs_with_a_head_with_the_papers_code():
-    def row(mode, acc, auc="", head="paper", recipe="paper", wall_s="600"):
+    def row(mode, acc, auc="", head="paper", recipe="paper", wall_s="600", threads="2"):
         return {"model": "mobilenet", "mode": mode, "taps": "middle" if head != "-" else "-",
                 "head": head, "seed": "0", "recipe": recipe, "aud_test_acc": acc,
-                "mint_auc_paper": auc, "wall_s": wall_s, "epochs": "10"}  # fmt: skip
+                "mint_auc_paper": auc, "wall_s": wall_s, "epochs": "10",
+                "threads": threads}  # fmt: skip
 
     lines = table.paper_recipe(
         [
@@ -177,9 +189,15 @@ def test_the_paper_recipe_table_compares_the_runs_with_a_head_with_the_papers_co
             row("active", "0.5642", "0.9724"),
             row("active", "0.80", "0.85", head="light", recipe="ours"),  # not the paper's head
             row("active", "0.75", "0.95", recipe="ours_bf16", wall_s="1200"),
+            # A background run (one thread beside another) or one from before the column: its
+            # minutes are not the paper code's conditions.
+            row("active", "0.75", "0.95", recipe="ours_bf16_cos", wall_s="900", threads="1"),
+            row("active", "0.75", "0.95", recipe="ours_bf16_w2", wall_s="900", threads=None),
         ]
     )
     assert lines[2:] == [
         "| mobilenet | middle | paper | 0 | 0.972 | yes | 0.564 | **no** | 10.0 | yes |",
         "| mobilenet | middle | ours_bf16 | 0 | 0.950 | yes | 0.750 | yes | 20.0 | **no** |",
+        "| mobilenet | middle | ours_bf16_cos | 0 | 0.950 | yes | 0.750 | yes | 15.0 | - |",
+        "| mobilenet | middle | ours_bf16_w2 | 0 | 0.950 | yes | 0.750 | yes | 15.0 | - |",
     ]
