@@ -97,7 +97,7 @@ class SmallMapConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, channels, height, width = x.shape
+        _, channels, height, width = x.shape
         if height * width > self.SMALL_MAP:
             return super().forward(x)
         device = x.device.type
