@@ -24,7 +24,7 @@ Recipes (the `recipe` column):
   and the checkpoint picked by the calibration sets' audited accuracy (`mint.monitor=val/aud_acc`,
   the rule `mint=off` picks by) in place of `mint=active`'s MINT AUC.
 - `ours_bf16`: `ours` trained in bf16 (`trainer.precision=bf16-mixed`; scores stay float32), for
-  the paper's head, whose convolutions cost ten times the network's at the middle tap; the head
+  the paper's head, whose convolutions dominate the step at the middle tap; the head
   trains at the paper's rate (`mint.head.lr=1e-4`: at 1e-3 it dies in the first epoch).
 - `ours_bf16_w2`: `ours_bf16` with the MINT term at twice the weight (`mint.w_mint=2`).
 - `ours_bf16_cos`: `ours_bf16` with the cosine rate (both rates down to 0 over the 10 epochs).
