@@ -24,6 +24,18 @@ def wandb_offline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pinned_threads() -> int:
+    """In-process runs and the runs tests start in new processes use one torch thread count, as
+    a run's numbers depend on it: OMP_NUM_THREADS where set (`make test` sets 1), else 1.
+    Lightning's launchers also leave the count alone once OMP_NUM_THREADS is set."""
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    return torch.get_num_threads()
+
+
 @pytest.fixture
 def run_amint(tmp_path: Path):
     """Run `python -m amint_pl.run` with the given overrides into tmp_path/runs (in this process;
